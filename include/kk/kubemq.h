@@ -1,0 +1,116 @@
+/* KubeMQ client: gRPC over one HTTP/2 connection (nghttp2 + protobuf-c),
+ * plaintext h2c with prior knowledge or TLS with ALPN h2, on the loop.
+ * No gRPC library: 5-byte message framing, grpc-status trailers,
+ * :path /kubemq.kubemq/<Method> (kubemq-protocol.md §1-§2).
+ *
+ * The client reconnects by itself (exponential backoff with full jitter,
+ * bounded by max_reconnects when > 0) and then re-opens every live
+ * subscription and queue stream; events-store subscriptions resume at the
+ * last delivered sequence + 1.  Unary calls made while disconnected fail at
+ * once with KK_ECLOSED.  Keepalive PINGs go out no more often than every
+ * 5 minutes while idle.
+ *
+ * Message ownership: a message handed to a callback (Kubemq__Request *,
+ * Kubemq__EventReceive *, Kubemq__QueuesDownstreamResponse *) belongs to the
+ * callee, which frees it with kk_kmq_free(msg).  Messages passed in are
+ * serialised before the call returns; the caller keeps ownership.
+ */
+#ifndef KK_KUBEMQ_H
+#define KK_KUBEMQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "kubemq.pb-c.h"
+#include "kk/stream.h"
+
+struct kk_kmq_client;
+struct kk_kmq_sub;
+struct kk_kmq_downstream;
+
+struct kk_kmq_opts {
+    const char *host;
+    uint16_t port;
+    bool tls;
+    struct kk_tls_opts tls_opts;      /* alpn is forced to "h2" */
+    const char *auth_token;           /* "authorization" metadata; NULL or "" for none */
+    bool auto_reconnect;              /* default true */
+    uint32_t reconnect_interval_ms;   /* backoff base; 0 -> 500 ms; cap 30 s */
+    uint32_t max_reconnects;          /* 0 = unlimited */
+    uint32_t connect_timeout_ms;      /* default 5000 */
+    size_t max_message_bytes;         /* default 100 MiB */
+    const char *log_scope;            /* binding name for log lines */
+};
+
+enum kk_kmq_state {
+    KK_KMQ_CONNECTING = 0,
+    KK_KMQ_READY,        /* connection up, subscriptions (re)opened */
+    KK_KMQ_RECONNECTING, /* lost; waiting for the backoff timer */
+    KK_KMQ_FAILED,       /* gave up: max_reconnects reached or auto_reconnect off */
+};
+
+/* on_state: every change of the connection state (for /ready and logs). */
+int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
+                      void (*on_state)(void *user, enum kk_kmq_state st, int err), void *user,
+                      struct kk_kmq_client **out);
+enum kk_kmq_state kk_kmq_client_state(const struct kk_kmq_client *c);
+
+/* Cancels every call and stream (their callbacks get KK_ECANCELED or are
+ * suppressed where documented), closes the connection, then calls done. */
+void kk_kmq_client_close(struct kk_kmq_client *c, void (*done)(void *arg), void *arg);
+
+/* Frees any message given to a callback. */
+void kk_kmq_free(void *msg);
+
+/* ---- unary calls: cb runs exactly once when this returns 0 ---------------
+ * status 0 = grpc-status OK; else KK_EGRPC with grpc_status/grpc_message
+ * set, or a transport error (grpc_status -1).  Reply messages are owned by
+ * the callee of cb (kk_kmq_free), may be NULL on error. */
+typedef void (*kk_kmq_unary_cb)(void *arg, int status, int grpc_status, const char *grpc_message,
+                                void *reply);
+
+int kk_kmq_ping(struct kk_kmq_client *c, kk_kmq_unary_cb cb, void *arg);            /* reply: Kubemq__PingResult */
+int kk_kmq_send_response(struct kk_kmq_client *c, const Kubemq__Response *r,
+                         kk_kmq_unary_cb cb, void *arg);                            /* reply: NULL (Empty) */
+int kk_kmq_send_event(struct kk_kmq_client *c, const Kubemq__Event *e,
+                      kk_kmq_unary_cb cb, void *arg);                               /* reply: Kubemq__Result */
+int kk_kmq_send_queue_message(struct kk_kmq_client *c, const Kubemq__QueueMessage *m,
+                              kk_kmq_unary_cb cb, void *arg);                       /* reply: Kubemq__SendQueueMessageResult */
+
+/* ---- subscriptions: SubscribeToRequests / SubscribeToEvents ---------------
+ * sub is copied.  Type Commands/Queries -> on_message gets Kubemq__Request *;
+ * Events/EventsStore -> Kubemq__EventReceive *.  on_state reports
+ * subscribed (err 0) and lost (err < 0, the client will resubscribe).
+ *
+ * Flow control: while paused, nothing is delivered and received bytes are
+ * not acknowledged to the broker (the HTTP/2 stream window closes), so the
+ * broker holds the excess; what already arrived stays buffered, bounded by
+ * the stream window, and is delivered on resume. */
+struct kk_kmq_sub_cbs {
+    void (*on_message)(void *user, void *msg);
+    void (*on_state)(void *user, bool subscribed, int err);
+};
+int kk_kmq_subscribe(struct kk_kmq_client *c, const Kubemq__Subscribe *sub,
+                     const struct kk_kmq_sub_cbs *cbs, void *user, struct kk_kmq_sub **out);
+void kk_kmq_sub_pause(struct kk_kmq_sub *s);
+void kk_kmq_sub_resume(struct kk_kmq_sub *s);
+/* Cancels the stream (RST_STREAM CANCEL); no callback runs afterwards. */
+void kk_kmq_unsubscribe(struct kk_kmq_sub *s);
+
+/* ---- QueuesDownstream (bidi): transactional polls and settles -------------
+ * on_response gets every QueuesDownstreamResponse (poll results, settle
+ * errors, CloseByServer).  on_state: open (err 0) / lost (err < 0; the
+ * client re-opens it; transactions of the lost stream are void and their
+ * messages return to the queue on the broker). */
+struct kk_kmq_downstream_cbs {
+    void (*on_response)(void *user, Kubemq__QueuesDownstreamResponse *resp);
+    void (*on_state)(void *user, bool open, int err);
+};
+int kk_kmq_downstream_open(struct kk_kmq_client *c, const struct kk_kmq_downstream_cbs *cbs, void *user,
+                           struct kk_kmq_downstream **out);
+int kk_kmq_downstream_send(struct kk_kmq_downstream *d, const Kubemq__QueuesDownstreamRequest *req);
+void kk_kmq_downstream_close(struct kk_kmq_downstream *d);
+
+#endif

@@ -1,0 +1,77 @@
+/* A client byte stream on the loop: DNS + TCP connect, optionally TLS
+ * (mbedTLS with non-blocking BIO callbacks over the libuv stream).
+ * Users (the HTTP/2 KubeMQ connection, the HTTP/1.1 Kinesis pool) see
+ * plaintext only.
+ *
+ * Lifetime: kk_stream_connect allocates; kk_stream_close starts teardown
+ * and on_closed runs exactly once afterwards, after which the stream's
+ * memory is gone.  Callbacks never run after on_closed.  It is safe to call
+ * kk_stream_close from inside any callback.
+ *
+ * Callback contract:
+ *   on_connect(s, 0)     once, when TCP (and the TLS handshake) completed;
+ *   on_connect(s, err)   once, instead, on failure (DNS, refused, timeout,
+ *                        handshake or verification); the user then closes;
+ *   on_read(s, p, n)     plaintext bytes, n > 0; p is valid during the call;
+ *   on_read(s, NULL, err) err < 0: EOF is UV_EOF, else an error; no more
+ *                        reads follow; the user closes.
+ */
+#ifndef KK_STREAM_H
+#define KK_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct kk_stream;
+struct kk_tls_ctx;
+
+struct kk_tls_opts {
+    const char *ca_file;     /* NULL: the system bundle (/etc/ssl/certs/ca-certificates.crt) */
+    const char *cert_file;   /* client certificate (PEM), optional */
+    const char *key_file;    /* its key (PEM), optional */
+    const char *server_name; /* SNI + hostname check; NULL: the connect host */
+    bool insecure_skip_verify; /* default false: verification is on */
+    const char *alpn;        /* e.g. "h2" or "http/1.1"; NULL: no ALPN */
+};
+
+/* A TLS client configuration shared by every connection to one endpoint:
+ * CA chain and client cert parsed once, session cache for resumption. */
+int kk_tls_ctx_new(const struct kk_tls_opts *opts, struct kk_tls_ctx **out, char *err, size_t errlen);
+void kk_tls_ctx_free(struct kk_tls_ctx *ctx);
+
+struct kk_stream_cbs {
+    void (*on_connect)(struct kk_stream *s, int status);
+    void (*on_read)(struct kk_stream *s, const char *data, ssize_t n);
+    void (*on_closed)(struct kk_stream *s);
+};
+
+/* tls NULL: plaintext.  connect_timeout_ms covers DNS, TCP and handshake.
+ * Returns 0 (on_connect will run) or an error (nothing will run). */
+int kk_stream_connect(uv_loop_t *loop, const char *host, uint16_t port, struct kk_tls_ctx *tls,
+                      uint32_t connect_timeout_ms, const struct kk_stream_cbs *cbs, void *user,
+                      struct kk_stream **out);
+
+/* Queues bytes.  The stream copies what it cannot hand to the kernel at
+ * once, so bufs may be reused when this returns.  Errors surface through
+ * on_read(NULL, err).  Returns 0 or an error (closed stream). */
+int kk_stream_write(struct kk_stream *s, const uv_buf_t bufs[], unsigned nbufs);
+
+/* Bytes queued but not yet written to the socket (for backpressure). */
+size_t kk_stream_pending(const struct kk_stream *s);
+
+/* Stop / resume delivering on_read (flow control towards the peer). */
+void kk_stream_read_stop(struct kk_stream *s);
+void kk_stream_read_start(struct kk_stream *s);
+
+/* The negotiated ALPN protocol, or NULL. */
+const char *kk_stream_alpn(const struct kk_stream *s);
+bool kk_stream_is_tls(const struct kk_stream *s);
+
+void kk_stream_close(struct kk_stream *s);
+
+void *kk_stream_user(const struct kk_stream *s);
+void kk_stream_set_user(struct kk_stream *s, void *user);
+
+#endif

@@ -1,0 +1,2 @@
+/* placeholder: replaced by the module's implementation */
+typedef int kk_placeholder_app_t;

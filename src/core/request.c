@@ -1,0 +1,1 @@
+typedef int kk_placeholder_request_t;
