@@ -15,6 +15,15 @@
  *   on_read(s, p, n)     plaintext bytes, n > 0; p is valid during the call;
  *   on_read(s, NULL, err) err < 0: EOF is UV_EOF, else an error; no more
  *                        reads follow; the user closes.
+ *
+ * Error codes: UV_E* / UV_EAI_* from libuv pass through (UV_ECONNREFUSED,
+ * UV_ECONNRESET, ...); KK_ETIMEOUT (connect timeout), KK_ETLS (handshake or
+ * record failure; a peer closing during the handshake also gives KK_ETLS),
+ * KK_ETLS_VERIFY (certificate chain or name; the reason is logged at warn).
+ *
+ * Limits: output is queued up to 32 MiB (KK_ETOOBIG beyond); a drained
+ * queue larger than 256 KiB is released.  Reads use one 64 KiB buffer per
+ * stream (no allocation per read).
  */
 #ifndef KK_STREAM_H
 #define KK_STREAM_H
@@ -37,7 +46,15 @@ struct kk_tls_opts {
 };
 
 /* A TLS client configuration shared by every connection to one endpoint:
- * CA chain and client cert parsed once, session cache for resumption. */
+ * CA chain and client cert parsed once, session cache for resumption (the
+ * last session, offered again only to the same server name).  TLS >= 1.2.
+ *
+ * Hostname check (mbedTLS 2.28): the name is matched against DNS SANs and
+ * the CN only, never IP SANs; to connect to an IP address with verification,
+ * the certificate needs a DNS SAN spelling the IP, or set server_name.
+ *
+ * err (optional) receives a one-line reason (file paths, never key bytes).
+ * The ctx must outlive every stream that uses it. */
 int kk_tls_ctx_new(const struct kk_tls_opts *opts, struct kk_tls_ctx **out, char *err, size_t errlen);
 void kk_tls_ctx_free(struct kk_tls_ctx *ctx);
 
@@ -54,14 +71,20 @@ int kk_stream_connect(uv_loop_t *loop, const char *host, uint16_t port, struct k
                       struct kk_stream **out);
 
 /* Queues bytes.  The stream copies what it cannot hand to the kernel at
- * once, so bufs may be reused when this returns.  Errors surface through
- * on_read(NULL, err).  Returns 0 or an error (closed stream). */
+ * once, so bufs may be reused when this returns.  Allowed any time after
+ * kk_stream_connect returned 0 (bytes written while connecting go out once
+ * the connection, and the handshake, are up).  Errors surface through
+ * on_read(NULL, err), from the loop, never from inside this call.  Returns 0,
+ * KK_ECLOSED (closing, or failed), or KK_ETOOBIG (queue limit). */
 int kk_stream_write(struct kk_stream *s, const uv_buf_t bufs[], unsigned nbufs);
 
 /* Bytes queued but not yet written to the socket (for backpressure). */
 size_t kk_stream_pending(const struct kk_stream *s);
 
-/* Stop / resume delivering on_read (flow control towards the peer). */
+/* Stop / resume delivering on_read (flow control towards the peer): the
+ * socket is not read while stopped.  Data already received is delivered
+ * after kk_stream_read_start from the loop, not from inside the call.
+ * A stop during the TLS handshake takes effect once it completes. */
 void kk_stream_read_stop(struct kk_stream *s);
 void kk_stream_read_start(struct kk_stream *s);
 
@@ -69,6 +92,14 @@ void kk_stream_read_start(struct kk_stream *s);
 const char *kk_stream_alpn(const struct kk_stream *s);
 bool kk_stream_is_tls(const struct kk_stream *s);
 
+/* After on_connect(s, 0): true if the TLS handshake resumed the session kept
+ * in the kk_tls_ctx from an earlier connection to the same server name
+ * (abbreviated handshake).  False for plaintext streams. */
+bool kk_stream_tls_resumed(const struct kk_stream *s);
+
+/* Idempotent; safe inside any callback.  Queued output is dropped (TLS:
+ * close_notify is sent if the kernel takes it at once).  on_closed follows
+ * from the loop, never from inside this call. */
 void kk_stream_close(struct kk_stream *s);
 
 void *kk_stream_user(const struct kk_stream *s);
