@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "kk/buf.h"
 #include "kk/config.h"
 
 struct kk_binding;
@@ -34,6 +35,9 @@ struct kk_outcome {
     size_t response_len;
     /* true when the body never reached the target (decode failure). */
     bool invalid_request;
+    /* Success whose output still lists failed entries (kk_result.partial):
+     * the queue source nacks it so the message is redelivered. */
+    bool partial;
 };
 
 /* Runs exactly once per accepted submit, possibly from inside a later loop
