@@ -34,6 +34,10 @@ struct kk_result {
     bool has_data;        /* false: "data":null */
     struct kk_kv md[4];   /* reply metadata besides result=ok (e.g. shard_iterator); heap strings, owned */
     size_t n_md;
+    /* Success whose output still reports failed entries (PutRecords with
+     * FailedRecordCount > 0 after the last attempt): query replies carry the
+     * output as kubemq-targets would; the queue source nacks. */
+    bool partial;
 };
 void kk_result_clear(struct kk_result *r);
 
@@ -42,6 +46,7 @@ struct kk_target_call {
     const struct kk_request *req;
     uint64_t deadline_ms;  /* monotonic; 0 = none */
     unsigned attempt;      /* 0 for the first */
+    unsigned max_attempts; /* the binding's retry_attempts (>= 1) */
     void (*done)(struct kk_target_call *call, struct kk_result *res); /* res valid during the call */
     void *user;
     /* owned by the target */
