@@ -1,2 +1,554 @@
-/* placeholder: replaced by the module's implementation */
-typedef int kk_placeholder_target_t;
+/* The aws.kinesis target: one HTTP pool, one SigV4 signer and one
+ * credentials provider per binding; ops.c does validation, bodies and
+ * outputs, this file does the I/O and the per-request state.
+ *
+ * Per call (call->priv = struct kcall): the request is validated and its
+ * body built on the first attempt only; later attempts reuse the body and
+ * its SHA-256 unless PutRecords must resend a subset.  Signing happens in
+ * the pool's prepare callback, so the X-Amz-Date is the time of sending,
+ * never of queueing. */
+#include "kk/target.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kk/aws.h"
+#include "kk/clock.h"
+#include "kk/err.h"
+#include "kk/http_client.h"
+#include "kk/kinesis.h"
+#include "kk/log.h"
+
+#define OUT_MAX (64u * 1024u * 1024u) /* output JSON: get_records answers are up to ~14 MiB */
+#define ERR_CODES_MAX 48              /* distinct error codes counted (codes are static strings) */
+
+struct kcall;
+
+struct ktarget {
+    struct kk_target base;
+    uv_loop_t *loop;
+    char *binding;
+    struct kk_aws_endpoint ep;
+    struct kk_aws_provider *prov;
+    struct kk_http_pool *pool;
+    struct kk_sigv4 sig;
+    struct kk_kinesis_limits lim;
+    size_t body_max;
+    /* calls whose result is ready but must not be delivered from submit */
+    uv_timer_t defer;
+    struct kcall *dhead, *dtail;
+    /* metrics */
+    uint64_t attempts[KK_KOP__COUNT];
+    uint64_t throttles;
+    struct {
+        const char *code;
+        uint64_t n;
+    } errs[ERR_CODES_MAX];
+    size_t n_errs;
+    /* close */
+    int closing;
+    void (*close_done)(void *arg);
+    void *close_arg;
+};
+
+struct kcall {
+    struct kk_http_req http; /* http.data = this */
+    struct ktarget *t;
+    struct kk_target_call *call;
+    struct kk_kinesis_req r;
+    int parse_rc; /* < 0: validation failed, parse_err is the text */
+    char *parse_err;
+    bool parsed;
+    bool rebuild; /* PutRecords: next attempt sends only failed entries */
+    bool in_http;
+    bool auth_retried;
+    struct kk_buf body;
+    char sha[65];
+    /* deferred completion */
+    bool deferred;
+    struct kcall *dnext, *dprev;
+    struct kk_result res;
+};
+
+static void res_free(struct kk_result *r)
+{
+    free(r->error);
+    kk_buf_free(&r->data);
+    for (size_t i = 0; i < r->n_md; i++) {
+        free((char *)r->md[i].key);
+        free((char *)r->md[i].value);
+    }
+    memset(r, 0, sizeof(*r));
+}
+
+static char *sdup(const char *s)
+{
+    size_t n = strlen(s);
+    char *p = malloc(n + 1);
+    if (p)
+        memcpy(p, s, n + 1);
+    return p;
+}
+
+static void count_error(struct ktarget *t, const char *code, bool throttle)
+{
+    if (throttle)
+        t->throttles++;
+    if (!code)
+        return;
+    for (size_t i = 0; i < t->n_errs; i++) {
+        if (t->errs[i].code == code || strcmp(t->errs[i].code, code) == 0) {
+            t->errs[i].n++;
+            return;
+        }
+    }
+    if (t->n_errs < ERR_CODES_MAX) {
+        t->errs[t->n_errs].code = code;
+        t->errs[t->n_errs].n = 1;
+        t->n_errs++;
+    }
+}
+
+/* Moves res into the result and delivers it, then frees what the
+ * receiver left. */
+static void complete(struct kcall *kc, struct kk_result *res)
+{
+    struct kk_target_call *call = kc->call;
+    if (res->err)
+        count_error(kc->t, res->error_code, false);
+    call->done(call, res);
+    res_free(res);
+}
+
+/* ---- deferred completion (never call done from submit) ------------------ */
+
+static void on_defer(uv_timer_t *h)
+{
+    struct ktarget *t = h->data;
+    /* Only the calls queued so far: done may submit (and defer) again. */
+    size_t n = 0;
+    for (struct kcall *k = t->dhead; k; k = k->dnext)
+        n++;
+    while (n-- && t->dhead) {
+        struct kcall *kc = t->dhead;
+        t->dhead = kc->dnext;
+        if (t->dhead)
+            t->dhead->dprev = NULL;
+        else
+            t->dtail = NULL;
+        kc->deferred = false;
+        kc->dnext = kc->dprev = NULL;
+        struct kk_result res = kc->res;
+        memset(&kc->res, 0, sizeof(kc->res));
+        complete(kc, &res);
+    }
+}
+
+static void defer_result(struct kcall *kc)
+{
+    struct ktarget *t = kc->t;
+    kc->deferred = true;
+    kc->dnext = NULL;
+    kc->dprev = t->dtail;
+    if (t->dtail)
+        t->dtail->dnext = kc;
+    else
+        t->dhead = kc;
+    t->dtail = kc;
+    uv_timer_start(&t->defer, on_defer, 0, 0);
+}
+
+static void undefer(struct kcall *kc)
+{
+    struct ktarget *t = kc->t;
+    if (!kc->deferred)
+        return;
+    if (kc->dprev)
+        kc->dprev->dnext = kc->dnext;
+    else
+        t->dhead = kc->dnext;
+    if (kc->dnext)
+        kc->dnext->dprev = kc->dprev;
+    else
+        t->dtail = kc->dprev;
+    kc->deferred = false;
+    kc->dnext = kc->dprev = NULL;
+    res_free(&kc->res);
+}
+
+static void set_error(struct kk_result *res, int err, bool retryable, char *text, const char *code)
+{
+    res->err = err;
+    res->retryable = retryable;
+    res->error = text ? text : sdup(kk_strerror(err));
+    res->error_code = code;
+}
+
+/* ---- one attempt --------------------------------------------------------- */
+
+static int on_prepare(struct kk_http_req *req, struct kk_buf *head)
+{
+    struct kcall *kc = req->data;
+    struct ktarget *t = kc->t;
+    const struct kk_aws_creds *creds = kk_aws_creds_get(t->prov);
+    if (!creds)
+        return KK_ECREDS;
+    /* The date is taken now, when the request leaves, not when it queued. */
+    return kk_sigv4_kinesis_head(&t->sig, creds, t->ep.host_header, kk_kinesis_amz_target(kc->r.op), kc->sha,
+                                 kc->body.len, kk_wall_ms() / 1000, head);
+}
+
+static void on_response(struct kk_http_req *req, int status, const struct kk_http_response *resp);
+
+static int send_attempt(struct kcall *kc)
+{
+    struct ktarget *t = kc->t;
+    kc->http.prepare = on_prepare;
+    kc->http.on_response = on_response;
+    kc->http.body = kc->body.base;
+    kc->http.body_len = kc->body.len;
+    kc->http.data = kc;
+    t->attempts[kc->r.op]++;
+    int rc = kk_http_pool_submit(t->pool, &kc->http);
+    if (rc == 0)
+        kc->in_http = true;
+    return rc;
+}
+
+static void finish_error(struct kcall *kc, struct kk_result *res, struct kk_kinesis_error *ke, int err)
+{
+    set_error(res, err, ke->cls == KK_KCLASS_RETRYABLE, ke->text, ke->code);
+    ke->text = NULL;
+    if (ke->throttle)
+        kc->t->throttles++;
+}
+
+static void on_success(struct kcall *kc, const struct kk_http_response *resp, struct kk_result *res)
+{
+    struct kk_kinesis_req *r = &kc->r;
+    bool has_data = false;
+    char *iter = NULL;
+    size_t failed = 0;
+    kk_buf_init(&res->data, OUT_MAX);
+    int rc = kk_kinesis_output(r, resp->body, resp->body_len, &res->data, &has_data, &iter, &failed);
+    if (rc < 0) {
+        kk_buf_free(&res->data);
+        set_error(
+            res, rc, false,
+            sdup(rc == KK_EPARSE ? "SerializationError: failed decoding Kinesis response" : kk_strerror(rc)),
+            "SerializationError");
+        return;
+    }
+    if (r->op == KK_KOP_PUT_RECORDS) {
+        const struct kk_kinesis_entry *e = kk_kinesis_first_failed(r);
+        bool throttle = false;
+        enum kk_kclass cls = e ? kk_kinesis_classify(e->err_code, 0, &throttle) : KK_KCLASS_OK;
+        if (throttle)
+            kc->t->throttles++;
+        if (failed > 0 && cls == KK_KCLASS_RETRYABLE && kc->call->attempt + 1 < kc->call->max_attempts) {
+            /* Only the failed entries go out next time; successes are kept. */
+            kc->rebuild = true;
+            char *text = NULL;
+            if (asprintf(&text, "%s: %s (%zu of %zu records failed)", e->err_code,
+                         e->err_msg ? e->err_msg : "", failed, r->n_entries) < 0)
+                text = NULL;
+            set_error(res, KK_EAWS, true, text,
+                      throttle ? "ProvisionedThroughputExceededException" : "InternalFailure");
+            return;
+        }
+        rc = kk_kinesis_put_records_output(r, &res->data);
+        if (rc < 0) {
+            set_error(res, rc, false, NULL, kk_errname(rc));
+            return;
+        }
+        res->partial = failed > 0;
+        res->has_data = true;
+        return;
+    }
+    res->has_data = has_data;
+    if (iter) {
+        res->md[0].key = sdup("shard_iterator");
+        res->md[0].value = iter;
+        res->n_md = 1;
+    }
+}
+
+static void on_response(struct kk_http_req *req, int status, const struct kk_http_response *resp)
+{
+    struct kcall *kc = req->data;
+    struct ktarget *t = kc->t;
+    struct kk_result res;
+    struct kk_kinesis_error ke;
+    memset(&res, 0, sizeof(res));
+    kc->in_http = false;
+    if (status < 0) {
+        kk_kinesis_error_transport(status, &ke);
+        finish_error(kc, &res, &ke, status);
+        KK_DEBUG(t->binding, "kinesis %s: %s", kk_kinesis_method_name(kc->r.op), res.error);
+    } else if (resp->status >= 200 && resp->status < 300) {
+        on_success(kc, resp, &res);
+    } else {
+        kk_kinesis_error_parse(resp->status, resp->body, resp->body_len, resp->error_type, &ke);
+        if (ke.cls == KK_KCLASS_AUTH && !kc->auth_retried && !t->closing) {
+            /* Credentials may have rotated: re-read them and send once more. */
+            kc->auth_retried = true;
+            count_error(t, ke.code, false);
+            kk_kinesis_error_free(&ke);
+            kk_aws_provider_refresh(t->prov);
+            if (send_attempt(kc) == 0)
+                return;
+            kk_kinesis_error_parse(resp->status, resp->body, resp->body_len, resp->error_type, &ke);
+        }
+        finish_error(kc, &res, &ke, KK_EAWS);
+        res.retryable = ke.cls == KK_KCLASS_RETRYABLE;
+    }
+    complete(kc, &res);
+}
+
+/* ---- vtable -------------------------------------------------------------- */
+
+static int k_submit(struct kk_target *base, struct kk_target_call *call)
+{
+    struct ktarget *t = (struct ktarget *)base;
+    struct kcall *kc = call->priv;
+    int rc = 0;
+    if (t->closing)
+        return KK_ESHUTDOWN; /* no loop turn left to answer on */
+    if (!kc) {
+        kc = calloc(1, sizeof(*kc));
+        if (!kc)
+            return KK_ENOMEM;
+        kc->t = t;
+        kk_buf_init(&kc->body, t->body_max);
+        call->priv = kc;
+    }
+    kc->call = call;
+    if (!kc->parsed) {
+        kc->parsed = true;
+        kc->parse_rc = kk_kinesis_req_parse(&kc->r, call->req, &t->lim, &kc->parse_err);
+        if (kc->parse_rc == 0) {
+            rc = kk_kinesis_body(&kc->r, &kc->body);
+            if (rc < 0) {
+                kc->parse_rc = rc;
+                kc->parse_err =
+                    sdup(rc == KK_ETOOBIG ? "request body exceeds max_request_bytes" : kk_strerror(rc));
+            } else {
+                kk_sha256_hex(kc->body.base, kc->body.len, kc->sha);
+            }
+        }
+    }
+    if (kc->parse_rc < 0) {
+        set_error(&kc->res, kc->parse_rc, false, kc->parse_err ? sdup(kc->parse_err) : NULL,
+                  "InvalidParameter");
+        goto deferred;
+    }
+    if (kc->rebuild) {
+        kc->rebuild = false;
+        kk_buf_reset(&kc->body);
+        rc = kk_kinesis_body(&kc->r, &kc->body);
+        if (rc < 0) {
+            set_error(&kc->res, rc, false, NULL, kk_errname(rc));
+            goto deferred;
+        }
+        kk_sha256_hex(kc->body.base, kc->body.len, kc->sha);
+    }
+    rc = send_attempt(kc);
+    if (rc == 0)
+        return 0;
+    {
+        struct kk_kinesis_error ke;
+        kk_kinesis_error_transport(rc, &ke);
+        set_error(&kc->res, rc, ke.cls == KK_KCLASS_RETRYABLE, ke.text, ke.code);
+    }
+deferred:
+    defer_result(kc);
+    return 0;
+}
+
+static void k_cancel(struct kk_target *base, struct kk_target_call *call)
+{
+    struct ktarget *t = (struct ktarget *)base;
+    struct kcall *kc = call->priv;
+    if (!kc)
+        return;
+    if (kc->in_http) {
+        kk_http_pool_cancel(t->pool, &kc->http);
+        kc->in_http = false;
+    }
+    undefer(kc);
+}
+
+static void k_release(struct kk_target *base, struct kk_target_call *call)
+{
+    struct kcall *kc = call->priv;
+    if (!kc)
+        return;
+    k_cancel(base, call);
+    kk_kinesis_req_free(&kc->r);
+    kk_buf_free(&kc->body);
+    free(kc->parse_err);
+    free(kc);
+    call->priv = NULL;
+}
+
+static bool k_ready(struct kk_target *base, const char **why)
+{
+    struct ktarget *t = (struct ktarget *)base;
+    if (t->closing) {
+        if (why)
+            *why = "closing";
+        return false;
+    }
+    return true;
+}
+
+/* Prometheus label value: backslash, quote and newline escaped. */
+static const char *label(const char *s, char *dst, size_t cap)
+{
+    size_t o = 0;
+    for (; *s && o + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"' || *s == '\n') {
+            dst[o++] = '\\';
+            dst[o++] = *s == '\n' ? 'n' : *s;
+        } else {
+            dst[o++] = *s;
+        }
+    }
+    dst[o] = '\0';
+    return dst;
+}
+
+static void k_metrics(struct kk_target *base, const char *binding_raw, struct kk_buf *out)
+{
+    struct ktarget *t = (struct ktarget *)base;
+    char bl[256];
+    const char *binding = label(binding_raw ? binding_raw : "", bl, sizeof(bl));
+    for (int i = 0; i < KK_KOP__COUNT; i++)
+        kk_buf_printf(out, "kubemq_kinesis_kinesis_attempts_total{binding=\"%s\",op=\"%s\"} %" PRIu64 "\n",
+                      binding, kk_kinesis_method_name((enum kk_kinesis_op)i), t->attempts[i]);
+    for (size_t i = 0; i < t->n_errs; i++)
+        kk_buf_printf(out, "kubemq_kinesis_kinesis_errors_total{binding=\"%s\",code=\"%s\"} %" PRIu64 "\n",
+                      binding, t->errs[i].code, t->errs[i].n);
+    kk_buf_printf(out, "kubemq_kinesis_kinesis_throttles_total{binding=\"%s\"} %" PRIu64 "\n", binding,
+                  t->throttles);
+    struct kk_http_pool_stats st;
+    memset(&st, 0, sizeof(st));
+    if (t->pool)
+        kk_http_pool_stats(t->pool, &st);
+    kk_buf_printf(out, "kubemq_kinesis_pool_connections{binding=\"%s\",state=\"open\"} %u\n", binding,
+                  st.open);
+    kk_buf_printf(out, "kubemq_kinesis_pool_connections{binding=\"%s\",state=\"idle\"} %u\n", binding,
+                  st.idle);
+}
+
+static void target_free(struct ktarget *t)
+{
+    if (t->prov)
+        kk_aws_provider_free(t->prov);
+    free(t->binding);
+    free(t);
+}
+
+static void maybe_closed(struct ktarget *t)
+{
+    if (--t->closing > 1)
+        return;
+    void (*done)(void *) = t->close_done;
+    void *arg = t->close_arg;
+    target_free(t);
+    if (done)
+        done(arg);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    maybe_closed(h->data);
+}
+static void on_pool_closed(void *arg)
+{
+    maybe_closed(arg);
+}
+
+static void k_close(struct kk_target *base, void (*done)(void *arg), void *arg)
+{
+    struct ktarget *t = (struct ktarget *)base;
+    t->close_done = done;
+    t->close_arg = arg;
+    /* closing counts 1 (flag) + the timer + the pool still to finish. */
+    t->closing = 3;
+    while (t->dhead)
+        undefer(t->dhead);
+    uv_close((uv_handle_t *)&t->defer, on_timer_closed);
+    kk_http_pool_close(t->pool, on_pool_closed, t);
+}
+
+static const struct kk_target_vtbl kinesis_vtbl = {
+    .kind = "aws.kinesis",
+    .submit = k_submit,
+    .cancel = k_cancel,
+    .release = k_release,
+    .ready = k_ready,
+    .metrics = k_metrics,
+    .close = k_close,
+};
+
+int kk_kinesis_target_create(uv_loop_t *loop, const struct kk_spec *spec, const char *binding,
+                             struct kk_target **out, char *err, size_t errlen)
+{
+    int rc = 0;
+    const struct kk_props *p = &spec->props;
+    struct ktarget *t = calloc(1, sizeof(*t));
+    if (!t)
+        return KK_ENOMEM;
+    t->base.vt = &kinesis_vtbl;
+    t->loop = loop;
+    t->binding = sdup(binding ? binding : "");
+    if (!t->binding) {
+        rc = KK_ENOMEM;
+        goto out;
+    }
+    t->lim.max_record_bytes = (size_t)kk_props_int(p, "max_record_bytes", KK_KINESIS_MAX_RECORD_BYTES);
+    t->lim.max_request_bytes = (size_t)kk_props_int(p, "max_request_bytes", KK_KINESIS_MAX_REQUEST_BYTES);
+    /* base64 grows data by 4/3; keys, escapes and framing need the rest. */
+    size_t big = t->lim.max_request_bytes > t->lim.max_record_bytes ? t->lim.max_request_bytes
+                                                                    : t->lim.max_record_bytes;
+    t->body_max = big / 3 * 4 + 16 + KK_KINESIS_MAX_ENTRIES * (6 * 256 + 128);
+
+    rc = kk_aws_endpoint_resolve(p, &t->ep, err, errlen);
+    if (rc < 0)
+        goto out;
+    rc = kk_aws_provider_new(p, &t->prov, err, errlen);
+    if (rc < 0)
+        goto out;
+    kk_sigv4_init(&t->sig, t->ep.region, "kinesis");
+
+    struct kk_http_pool_opts po;
+    memset(&po, 0, sizeof(po));
+    po.host = t->ep.host;
+    po.port = t->ep.port;
+    po.tls = t->ep.tls;
+    po.tls_opts.ca_file = kk_props_get(p, "tls_ca_file");
+    po.tls_opts.insecure_skip_verify = kk_props_bool(p, "tls_insecure_skip_verify", false);
+    po.tls_opts.alpn = "http/1.1";
+    po.max_connections = (unsigned)kk_props_int(p, "max_connections", 32);
+    po.connect_timeout_ms = (uint32_t)kk_props_int(p, "connect_timeout_ms", 5000);
+    po.idle_timeout_ms = (uint32_t)kk_props_int(p, "idle_timeout_ms", 20000);
+    po.request_timeout_ms = (uint32_t)kk_props_int(p, "request_timeout_ms", 10000);
+    po.max_response_bytes = (size_t)kk_props_int(p, "max_response_bytes", 16 * 1024 * 1024);
+    rc = kk_http_pool_new(loop, &po, &t->pool, err, errlen);
+    if (rc < 0)
+        goto out;
+    uv_timer_init(loop, &t->defer);
+    t->defer.data = t;
+    if (po.tls && po.tls_opts.insecure_skip_verify)
+        KK_WARN(t->binding, "kinesis target: TLS certificate verification is disabled");
+    KK_INFO(t->binding, "kinesis target: %s://%s:%u region %s, credentials from %s",
+            t->ep.tls ? "https" : "http", t->ep.host, t->ep.port, t->ep.region,
+            kk_aws_provider_source(t->prov));
+    *out = &t->base;
+out:
+    if (rc < 0)
+        target_free(t);
+    return rc;
+}
