@@ -44,7 +44,8 @@ struct kk_http_response {
     int status;               /* HTTP status code */
     const char *body;         /* valid only during on_response */
     size_t body_len;
-    const char *error_type;   /* x-amzn-ErrorType header value or NULL */
+    const char *error_type;   /* x-amzn-ErrorType header value as sent (e.g. "Foo:http://..."),
+                               * truncated to 255 bytes, or NULL; valid during on_response */
 };
 
 struct kk_http_req;
@@ -77,7 +78,10 @@ struct kk_http_req {
 int kk_http_pool_new(uv_loop_t *loop, const struct kk_http_pool_opts *opts, struct kk_http_pool **out,
                      char *err, size_t errlen);
 
-/* Queues req; returns 0 (on_response will run) or an error. */
+/* Sends req on an idle connection or queues it; returns 0 (on_response will
+ * run, never from inside this call) or an error (it will not run): e.g. the
+ * error prepare returned when a connection was free at once, KK_ESHUTDOWN
+ * after close.  req must stay valid until on_response or cancel. */
 int kk_http_pool_submit(struct kk_http_pool *pool, struct kk_http_req *req);
 
 /* Withdraws req: on_response will not run.  A request already on the wire
@@ -93,8 +97,9 @@ struct kk_http_pool_stats {
 };
 void kk_http_pool_stats(const struct kk_http_pool *pool, struct kk_http_pool_stats *st);
 
-/* Fails waiting requests with KK_ECANCELED, closes every connection, then
- * calls done once and frees the pool. */
+/* Fails waiting and in-flight requests with KK_ECANCELED (their callbacks
+ * run inside this call), closes every connection, then, from the loop once
+ * every handle is closed, frees the pool and calls done once. */
 void kk_http_pool_close(struct kk_http_pool *pool, void (*done)(void *arg), void *arg);
 
 #endif

@@ -26,11 +26,18 @@ struct kk_http_request_view {
 typedef void (*kk_http_handler)(void *user, struct kk_http_exchange *ex,
                                 const struct kk_http_request_view *req);
 
-/* Listens on host:port (port 0 picks one; see kk_http_server_port).
- * Requests over max_body bytes get 413 without reaching the handler. */
+/* Listens on host:port (an IPv4 or IPv6 literal; port 0 picks one, see
+ * kk_http_server_port).  Requests over max_body bytes get 413, heads over
+ * 8 KiB 431, malformed requests 400 (then the connection closes), all
+ * without reaching the handler.  Expect: 100-continue is answered. */
 int kk_http_server_start(uv_loop_t *loop, const char *host, uint16_t port, size_t max_body,
                          kk_http_handler handler, void *user, struct kk_http_server **out);
 uint16_t kk_http_server_port(const struct kk_http_server *srv);
+
+/* A connection waiting for (the rest of) a request longer than ms is closed;
+ * default 60000 (0 restores it).  Applies to waits that start afterwards.
+ * At most 256 connections are kept; more are accepted and closed. */
+void kk_http_server_set_idle_timeout(struct kk_http_server *srv, uint32_t ms);
 
 /* Sends the response (Content-Length framing) and frees ex. body is copied. */
 void kk_http_reply(struct kk_http_exchange *ex, int status, const char *content_type,
