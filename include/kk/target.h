@@ -39,7 +39,8 @@ struct kk_result {
      * output as kubemq-targets would; the queue source nacks. */
     bool partial;
 };
-void kk_result_clear(struct kk_result *r);
+/* A result belongs to the target that produced it: the receiver of done()
+ * reads it during the call and keeps no pointer into it afterwards. */
 
 struct kk_target_call {
     /* set by the binding */
