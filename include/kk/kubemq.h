@@ -36,11 +36,12 @@ struct kk_kmq_opts {
     bool tls;
     struct kk_tls_opts tls_opts;      /* alpn is forced to "h2" */
     const char *auth_token;           /* "authorization" metadata; NULL or "" for none */
-    bool auto_reconnect;              /* default true */
+    bool auto_reconnect;              /* set true (the config default); false: FAILED on first loss */
     uint32_t reconnect_interval_ms;   /* backoff base; 0 -> 500 ms; cap 30 s */
     uint32_t max_reconnects;          /* 0 = unlimited */
     uint32_t connect_timeout_ms;      /* default 5000 */
     size_t max_message_bytes;         /* default 100 MiB */
+    uint32_t call_timeout_ms;         /* deadline of unary calls (grpc-timeout too); 0 -> 30 s */
     const char *log_scope;            /* binding name for log lines */
 };
 
@@ -58,7 +59,12 @@ int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
 enum kk_kmq_state kk_kmq_client_state(const struct kk_kmq_client *c);
 
 /* Cancels every call and stream (their callbacks get KK_ECANCELED or are
- * suppressed where documented), closes the connection, then calls done. */
+ * suppressed where documented), closes the connection, then calls done.
+ * Safe from inside any callback: the teardown runs on the next loop turn,
+ * after output already queued (a last response or settle) is flushed.
+ * Unary callbacks get KK_ECANCELED; subscription and downstream callbacks
+ * are suppressed, and their handles are freed with the client (do not use
+ * them after this call).  done runs after every handle is closed. */
 void kk_kmq_client_close(struct kk_kmq_client *c, void (*done)(void *arg), void *arg);
 
 /* Frees any message given to a callback. */
@@ -96,6 +102,9 @@ int kk_kmq_subscribe(struct kk_kmq_client *c, const Kubemq__Subscribe *sub,
                      const struct kk_kmq_sub_cbs *cbs, void *user, struct kk_kmq_sub **out);
 void kk_kmq_sub_pause(struct kk_kmq_sub *s);
 void kk_kmq_sub_resume(struct kk_kmq_sub *s);
+/* Bytes received on the current stream and not yet delivered (held while
+ * paused, or a partial message); bounded by the stream window. */
+size_t kk_kmq_sub_buffered(const struct kk_kmq_sub *s);
 /* Cancels the stream (RST_STREAM CANCEL); no callback runs afterwards. */
 void kk_kmq_unsubscribe(struct kk_kmq_sub *s);
 
@@ -110,7 +119,12 @@ struct kk_kmq_downstream_cbs {
 };
 int kk_kmq_downstream_open(struct kk_kmq_client *c, const struct kk_kmq_downstream_cbs *cbs, void *user,
                            struct kk_kmq_downstream **out);
+/* on_state(open) runs once the stream's HEADERS are sent (a poll stream gets
+ * no response HEADERS before its first request).  send: KK_ECLOSED while
+ * no stream is open (after a loss, until it is re-opened). */
 int kk_kmq_downstream_send(struct kk_kmq_downstream *d, const Kubemq__QueuesDownstreamRequest *req);
+/* Half-closes the stream after the requests already queued (so a last
+ * settle still reaches the broker); no callback runs afterwards. */
 void kk_kmq_downstream_close(struct kk_kmq_downstream *d);
 
 #endif
