@@ -285,15 +285,18 @@ static void maybe_free(struct kk_stream *s)
     if (!s->closing || s->refs > 0)
         return;
     bool notify = !s->silent;
-    if (notify && s->cbs.on_closed)
-        s->cbs.on_closed(s);
+    /* Release everything that points into the TLS context before on_closed:
+     * the user may free the context there (its last stream is gone). */
     if (s->ai_list)
         uv_freeaddrinfo(s->ai_list);
+    s->ai_list = NULL;
     mbedtls_ssl_free(&s->ssl);
     kk_buf_free(&s->out);
     kk_buf_free(&s->fly);
     kk_buf_free(&s->pre);
     kk_buf_free(&s->rx);
+    if (notify && s->cbs.on_closed)
+        s->cbs.on_closed(s);
     free(s);
 }
 
