@@ -93,6 +93,8 @@ struct kk_diag {
     char **warnings;
     size_t n_warnings;
 };
+/* Every kk_config_load_* overwrites *diag (free a previous one first) and
+ * leaves it for the caller to release with kk_diag_free. */
 void kk_diag_free(struct kk_diag *d);
 
 /* Loads and validates.  On success returns 0 and *out (free with
@@ -117,5 +119,8 @@ bool kk_props_bool(const struct kk_props *p, const char *key, bool def);
 /* Secret keys (aws_secret_key, token, auth_token, ...): true when the value
  * must be masked in any output. */
 bool kk_prop_is_secret(const char *key);
+
+/* The program version ("0.1.0"), from meson's project version. */
+const char *kk_version(void);
 
 #endif
