@@ -9,9 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kk/clock.h"
 #include "kk/err.h"
 #include "kk/log.h"
 #include "kk/rand.h"
+
+/* How long a nack is held before it is sent (kubemq-targets sleeps 1 s
+ * after a NAck). */
+#define NACK_DELAY_MS 1000
+/* Pause after a poll the broker answered with an error. */
+#define POLL_ERROR_PAUSE_MS 1000
 
 struct q_txn;
 
@@ -24,6 +31,8 @@ struct q_item {
  * message is done.  One allocation: items, ack/nack arrays, transaction id. */
 struct q_txn {
     struct src_conn *c;
+    struct q_txn *next;  /* in the held-nack FIFO */
+    uint64_t due_ms;
     unsigned total, done, n_ack, n_nack;
     int64_t *ack, *nack;
     char *txid;
@@ -49,11 +58,63 @@ static void send_settle(struct src_conn *c, Kubemq__QueuesDownstreamRequestType 
                 txid, kk_strerror(rv));
 }
 
-static void on_nack_timer(uv_timer_t *t)
+static void on_queue_timer(uv_timer_t *t);
+
+/* Arms the queue timer for the earliest of the next held nack and the end
+ * of a poll pause. */
+static void arm_timer(struct kk_src *s)
 {
-    struct kk_src *s = t->data;
-    s->nack_pause = false;
+    if (!s->nack_timer_open)
+        return;
+    uint64_t next = UINT64_MAX;
+    if (s->nack_head)
+        next = s->nack_head->due_ms;
+    if (s->poll_paused && s->poll_resume_ms < next)
+        next = s->poll_resume_ms;
+    if (next == UINT64_MAX) {
+        uv_timer_stop(&s->nack_timer);
+        return;
+    }
+    uint64_t now = kk_mono_ms();
+    uv_timer_start(&s->nack_timer, on_queue_timer, next > now ? next - now : 0, 0);
+}
+
+static void send_nacks(struct q_txn *t)
+{
+    send_settle(t->c, KUBEMQ__QUEUES_DOWNSTREAM_REQUEST_TYPE__NAckRange, t->txid, t->nack, t->n_nack);
+    free(t);
+}
+
+/* Sends every held nack due by now (all of them when now is UINT64_MAX). */
+static void flush_nacks(struct kk_src *s, uint64_t now)
+{
+    while (s->nack_head && s->nack_head->due_ms <= now) {
+        struct q_txn *t = s->nack_head;
+        s->nack_head = t->next;
+        if (!s->nack_head)
+            s->nack_tail = NULL;
+        send_nacks(t);
+    }
+}
+
+static void on_queue_timer(uv_timer_t *timer)
+{
+    struct kk_src *s = timer->data;
+    uint64_t now = kk_mono_ms();
+    flush_nacks(s, now);
+    if (s->poll_paused && now >= s->poll_resume_ms)
+        s->poll_paused = false;
+    arm_timer(s);
     kk__src_queue_poll_all(s);
+}
+
+static void pause_polls(struct kk_src *s)
+{
+    if (s->stopped || s->poll_paused)
+        return;
+    s->poll_paused = true;
+    s->poll_resume_ms = kk_mono_ms() + POLL_ERROR_PAUSE_MS;
+    arm_timer(s);
 }
 
 static void settle(struct q_txn *t)
@@ -62,18 +123,27 @@ static void settle(struct q_txn *t)
     struct kk_src *s = c->src;
     if (t->n_ack)
         send_settle(c, KUBEMQ__QUEUES_DOWNSTREAM_REQUEST_TYPE__AckRange, t->txid, t->ack, t->n_ack);
-    if (t->n_nack) {
-        send_settle(c, KUBEMQ__QUEUES_DOWNSTREAM_REQUEST_TYPE__NAckRange, t->txid, t->nack, t->n_nack);
-        /* As kubemq-targets: pause a second after a nack so a failing target
-         * does not spin on redeliveries. */
-        if (!s->stopped && s->nack_timer_open && !s->nack_pause) {
-            s->nack_pause = true;
-            uv_timer_start(&s->nack_timer, on_nack_timer, 1000, 0);
-        }
-    }
     s->acked += t->n_ack;
     s->nacked += t->n_nack;
-    free(t);
+    if (!t->n_nack) {
+        free(t);
+        return;
+    }
+    if (s->stopped || !s->nack_timer_open) {
+        send_nacks(t); /* draining: hand messages back at once */
+        return;
+    }
+    /* Hold the nack: the broker redelivers a nacked message at once, and a
+     * target that keeps failing must not turn that into a hot loop. */
+    t->due_ms = kk_mono_ms() + NACK_DELAY_MS;
+    t->next = NULL;
+    if (s->nack_tail)
+        s->nack_tail->next = t;
+    else
+        s->nack_head = t;
+    s->nack_tail = t;
+    if (s->nack_head == t)
+        arm_timer(s);
 }
 
 static void item_done(struct q_item *it, bool ok)
@@ -143,10 +213,7 @@ static void ds_on_response(void *user, Kubemq__QueuesDownstreamResponse *resp)
         }
         if (resp->iserror) {
             KK_WARN(s->bname, "queue poll on %s failed: %s", s->o.channel, resp->error ? resp->error : "");
-            if (!s->nack_pause && s->nack_timer_open && !s->stopped) {
-                s->nack_pause = true;
-                uv_timer_start(&s->nack_timer, on_nack_timer, 1000, 0);
-            }
+            pause_polls(s);
         } else if (resp->n_messages) {
             handle_messages(c, resp);
         }
@@ -190,7 +257,7 @@ int kk__src_queue_open(struct src_conn *c)
 static void poll_one(struct src_conn *c)
 {
     struct kk_src *s = c->src;
-    if (s->stopped || !c->ds || !c->live || c->poll_outstanding || s->nack_pause)
+    if (s->stopped || !c->ds || !c->live || c->poll_outstanding || s->poll_paused)
         return;
     int32_t avail = (int32_t)kk_binding_free_slots(s->b) - s->reserved;
     if (avail <= 0)
@@ -224,9 +291,12 @@ void kk__src_queue_poll_all(struct kk_src *s)
 
 void kk__src_queue_stop(struct kk_src *s)
 {
-    /* Outstanding polls may still bring messages: handle_messages nacks them
-     * at once because s->stopped is set.  In-flight ones settle as they end. */
+    /* Held nacks go out now so their messages return to the queue for
+     * another consumer.  Outstanding polls may still bring messages:
+     * handle_messages nacks them at once because s->stopped is set.
+     * In-flight ones settle as they end. */
+    flush_nacks(s, UINT64_MAX);
+    s->poll_paused = false;
     if (s->nack_timer_open)
         uv_timer_stop(&s->nack_timer);
-    s->nack_pause = false;
 }

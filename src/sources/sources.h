@@ -18,6 +18,7 @@
 #include "kk/kubemq.h"
 
 struct kk_src;
+struct q_txn;
 
 struct src_conn {
     struct kk_src *src;
@@ -71,10 +72,15 @@ struct kk_src {
     unsigned open_clients;          /* clients not yet closed */
     void (*close_done)(void *arg);
     void *close_arg;
-    /* queue: polls pause for a second after a nack (as kubemq-targets) */
+    /* queue: one timer for two things.  Nacks are held for a second before
+     * they are sent (as kubemq-targets' pause after a NAck), so a message a
+     * target keeps failing comes back at most once a second; and polls
+     * pause for a second after a failed poll. */
     uv_timer_t nack_timer;
     bool nack_timer_open;
-    bool nack_pause;
+    bool poll_paused;
+    uint64_t poll_resume_ms;
+    struct q_txn *nack_head, *nack_tail; /* FIFO, due times ascending */
     int32_t reserved;               /* MaxItems of outstanding Gets */
     /* metrics */
     uint64_t received, dropped, replies_failed, published, publish_failed;
