@@ -191,6 +191,36 @@ test('API: /bindings masks secrets; /ready lists what is not ready', { skip }, a
     });
 });
 
+test('a binding that cannot start (no AWS credentials) is retried and reported; the others run', { skip }, async () => {
+    const port = await freePort();
+    const home = fs.mkdtempSync('/tmp/kk-nocreds-');
+    const nocreds = binding('nocreds', 'nc', { target: { kind: 'aws.kinesis', properties: { region: 'us-east-1' } } });
+    const ok = binding('ok', 'okc');
+    const env = {
+        HOME: home, AWS_SHARED_CREDENTIALS_FILE: `${home}/none`, AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '',
+        AWS_SESSION_TOKEN: '', AWS_PROFILE: '',
+    };
+    const gw = await startGateway({ config: config(port, [nocreds, ok]), env });
+    try {
+        // The working binding serves while the other one is down.
+        const reply = await until(async () => {
+            try { return (await sendQuery(addr, 'okc', PUT, 2000)).json; } catch { return null; }
+        }, 10000, 200);
+        assert.equal(reply?.is_error, false, 'the healthy binding answers');
+        const rd = await gw.get('/ready');
+        assert.equal(rd.status, 503);
+        assert.match(rd.text, /^nocreds: .*credentials/mi);
+        assert.doesNotMatch(rd.text, /^ok:/m);
+        // Start is retried with backoff: at least two failed attempts within ~3 s.
+        assert.ok(await until(() => (gw.logs().match(/nocreds.*(attempt|retry)/gi) || []).length >= 2, 5000, 100),
+            `start retried; log tail:\n${gw.logs().slice(-1500)}`);
+    } finally {
+        const st = await gw.stop();
+        fs.rmSync(home, { recursive: true, force: true });
+        assert.deepEqual(st, { code: 0, signal: null });
+    }
+});
+
 test('SIGTERM with requests in flight: every request is replied to, exit 0', { skip }, async () => {
     const port = await freePort();
     // One token per second: the first query runs at once, the others wait for tokens when SIGTERM
