@@ -7,13 +7,24 @@
  * bounded by max_reconnects when > 0) and then re-opens every live
  * subscription and queue stream; events-store subscriptions resume at the
  * last delivered sequence + 1.  Unary calls made while disconnected fail at
- * once with KK_ECLOSED.  Keepalive PINGs go out no more often than every
- * 5 minutes while idle.
+ * once with KK_ECLOSED, except a call the broker refused (GOAWAY below its
+ * stream id, or RST_STREAM REFUSED_STREAM): nothing of it was processed, so
+ * it is sent once more, on the next connection, within its deadline.
+ *
+ * Keepalive: a connection that received nothing for keepalive_idle_ms gets
+ * an HTTP/2 PING; if nothing at all (ack or other frame) arrives within
+ * keepalive_timeout_ms, the peer is taken for dead, the connection closed
+ * and the client reconnects (KK_ETIMEOUT; subscriptions resume as after any
+ * loss).
+ *
+ * FAILED is final: on_state(FAILED) runs once and nothing reconnects.
  *
  * Message ownership: a message handed to a callback (Kubemq__Request *,
- * Kubemq__EventReceive *, Kubemq__QueuesDownstreamResponse *) belongs to the
- * callee, which frees it with kk_kmq_free(msg).  Messages passed in are
- * serialised before the call returns; the caller keeps ownership.
+ * Kubemq__EventReceive *, Kubemq__QueuesDownstreamResponse *, unary replies)
+ * belongs to the callee, which frees it with kk_kmq_free(msg) and nothing
+ * else: it lives in one block with all its strings (never free or
+ * realloc a field of it).  Messages passed in are serialised before the
+ * call returns; the caller keeps ownership.
  */
 #ifndef KK_KUBEMQ_H
 #define KK_KUBEMQ_H
@@ -42,6 +53,12 @@ struct kk_kmq_opts {
     uint32_t connect_timeout_ms;      /* default 5000 */
     size_t max_message_bytes;         /* default 100 MiB */
     uint32_t call_timeout_ms;         /* deadline of unary calls (grpc-timeout too); 0 -> 30 s */
+    /* PING after this long without receiving anything.  0 -> $KK_TEST_KEEPALIVE_MS when set
+     * (tests; it then sets the timeout too, unless given), else 300000.  grpc-go brokers
+     * answer pings more frequent than 5 min with GOAWAY too_many_pings: set lower values
+     * only in tests. */
+    uint32_t keepalive_idle_ms;
+    uint32_t keepalive_timeout_ms;    /* PING unanswered this long: the peer is dead; 0 -> 20000 */
     const char *log_scope;            /* binding name for log lines */
 };
 

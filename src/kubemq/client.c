@@ -13,7 +13,14 @@
  *   client).  Calls released while callbacks are on the stack are parked on
  *   a zombie list and freed when the stack unwinds (cb_depth).
  * - A GOAWAY connection keeps serving the streams it accepted ("draining")
- *   while a new connection takes every new call.
+ *   while a new connection takes every new call.  Unary calls the broker
+ *   refused (never processed) are parked and sent once more there.
+ * - Keepalive is one timer for all connections, set for the earliest due
+ *   PING or PING timeout; reads only move last_rx (no timer call per read).
+ * - The hot path does not call malloc once warm: calls and their buffers
+ *   are pooled, nghttp2 allocates from a size-class cache (h2mem.c), and a
+ *   delivered message is one block (pbarena.c), the single allocation left
+ *   per received message.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +29,8 @@
 #include <nghttp2/nghttp2.h>
 
 #include "grpc_frame.h"
+#include "h2mem.h"
+#include "pbarena.h"
 #include "kk/backoff.h"
 #include "kk/buf.h"
 #include "kk/err.h"
@@ -31,6 +40,7 @@
 #define STREAM_WINDOW (1u << 20)      /* per-stream receive window */
 #define CONN_WINDOW (16u << 20)       /* connection receive window */
 #define KEEPALIVE_MS (5u * 60 * 1000) /* grpc-go's minimum ping interval */
+#define KEEPALIVE_TIMEOUT_MS 20000u
 #define BACKOFF_CAP_MS 30000u
 #define WBUF_CHUNK (256u << 10) /* write out once this much is collected */
 #define FREE_CALLS_MAX 32
@@ -74,10 +84,12 @@ struct call {
     struct conn *conn;
     int32_t id;
     enum call_kind kind;
-    bool keep_open;    /* bidi: the request side stays open */
-    bool canceled;     /* we sent RST_STREAM */
-    int err;           /* local verdict (ETOOBIG, EPARSE, ETIMEOUT) */
-    struct kk_buf out; /* framed request bytes not yet given to nghttp2 */
+    const char *method; /* static string, for a resend */
+    bool retried;       /* unary: already resent once after a refusal */
+    bool keep_open;     /* bidi: the request side stays open */
+    bool canceled;      /* we sent RST_STREAM */
+    int err;            /* local verdict (ETOOBIG, EPARSE, ETIMEOUT) */
+    struct kk_buf out;  /* framed request bytes not yet given to nghttp2 */
     size_t out_off;
     struct kk_grpc_dec dec;
     struct kk_grpc_resp resp;
@@ -102,6 +114,8 @@ struct conn {
     bool ready, draining, closing;
     bool flushing; /* inside nghttp2_session_mem_send/mem_recv */
     uint64_t last_rx;
+    uint64_t ping_at; /* when our unanswered keepalive PING went out */
+    bool ping_out;
     struct kk_buf wbuf; /* coalesced output of one flush */
 };
 
@@ -116,6 +130,7 @@ struct kk_kmq_client {
     enum kk_kmq_state state;
     struct conn *cur;
     struct link conns, subs, downs, deadlines, zombies;
+    struct link parked; /* refused unary calls waiting for a READY connection */
     unsigned attempt;
     int cb_depth;
     bool drain_pending;
@@ -128,6 +143,7 @@ struct kk_kmq_client {
     void *done_arg;
     struct call *free_calls[FREE_CALLS_MAX];
     unsigned n_free;
+    struct kk_h2mem h2mem; /* nghttp2's per-call allocations, recycled */
 };
 
 struct kk_kmq_sub {
@@ -158,6 +174,8 @@ static void conn_lost(struct conn *cn, int err);
 static void start_connect(struct kk_kmq_client *c);
 static void client_finish(struct kk_kmq_client *c);
 static void on_handle_closed(uv_handle_t *h);
+static void keepalive_arm(struct kk_kmq_client *c);
+static void parked_fail(struct kk_kmq_client *c, int err);
 
 /* ------------------------------------------------------------------ calls */
 
@@ -178,7 +196,8 @@ static struct call *call_get(struct kk_kmq_client *c)
     link_init(&call->link);
     link_init(&call->dl_link);
     call->id = -1;
-    call->keep_open = call->canceled = false;
+    call->method = NULL;
+    call->keep_open = call->canceled = call->retried = false;
     call->err = 0;
     call->out_off = 0;
     call->unconsumed = 0;
@@ -195,8 +214,7 @@ static struct call *call_get(struct kk_kmq_client *c)
 
 static void call_free(struct kk_kmq_client *c, struct call *call)
 {
-    if (call->reply)
-        protobuf_c_message_free_unpacked(call->reply, NULL);
+    kk_pb_free(call->reply);
     call->reply = NULL;
     if (c->n_free < FREE_CALLS_MAX && !c->closing && call->out.cap <= KEEP_BUF_MAX &&
         call->dec.buf.cap <= KEEP_BUF_MAX) {
@@ -212,20 +230,19 @@ static void call_free(struct kk_kmq_client *c, struct call *call)
 
 /* Detaches the call from its connection; frees it now or, when user code is
  * on the stack, once it unwinds. */
-static void call_release(struct call *call)
+static void call_release(struct kk_kmq_client *c, struct call *call)
 {
     struct conn *cn = call->conn;
-    struct kk_kmq_client *c = cn->c;
 
     link_del(&call->link);
     link_del(&call->dl_link);
-    if (call->id > 0 && cn->h2)
+    if (cn && call->id > 0 && cn->h2)
         nghttp2_session_set_stream_user_data(cn->h2, call->id, NULL);
     if (c->cb_depth > 0)
         link_add(&c->zombies, &call->link);
     else
         call_free(c, call);
-    if (cn->draining && !cn->closing && link_empty(&cn->calls))
+    if (cn && cn->draining && !cn->closing && link_empty(&cn->calls))
         conn_lost(cn, KK_ECLOSED);
 }
 
@@ -277,8 +294,12 @@ static ssize_t on_data_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_
     memcpy(buf, call->out.base + call->out_off, n);
     call->out_off += n;
     if (call->out_off == call->out.len) {
-        kk_buf_reset(&call->out);
-        call->out_off = 0;
+        /* A unary request stays in out: if the broker refuses the stream,
+         * the same bytes go out again on the next connection. */
+        if (call->kind != CALL_UNARY) {
+            kk_buf_reset(&call->out);
+            call->out_off = 0;
+        }
         if (!call->keep_open)
             *flags |= NGHTTP2_DATA_FLAG_EOF;
     }
@@ -323,6 +344,7 @@ static int call_start(struct conn *cn, struct call *call, const char *method, co
     int rc;
 
     call->conn = cn;
+    call->method = method;
     if (msg && (rc = call_append(call, msg)) < 0)
         return rc;
     snprintf(path, sizeof(path), PATH_PREFIX "%s", method);
@@ -470,6 +492,72 @@ static void on_resub_timer(uv_timer_t *t)
 
 /* --------------------------------------------------- call completion */
 
+/* Ends a parked call (it has no connection) with err. */
+static void parked_finish(struct kk_kmq_client *c, struct call *call, int err)
+{
+    kk_kmq_unary_cb cb = call->cb;
+
+    link_del(&call->link);
+    link_del(&call->dl_link);
+    call->cb = NULL;
+    enter(c);
+    if (cb)
+        cb(call->cb_arg, err, -1, "", NULL);
+    link_add(&c->zombies, &call->link);
+    leave(c);
+}
+
+static void parked_fail(struct kk_kmq_client *c, int err)
+{
+    while (!link_empty(&c->parked))
+        parked_finish(c, CONTAINER(c->parked.next, struct call, link), err);
+}
+
+/* Sends the parked calls on the current connection, each with what is left
+ * of its deadline. */
+static void parked_resend(struct kk_kmq_client *c)
+{
+    uint64_t now = uv_now(c->loop);
+
+    while (!link_empty(&c->parked) && c->cur && c->cur->ready && !c->cur->closing) {
+        struct call *call = CONTAINER(c->parked.next, struct call, link);
+        uint64_t left = call->deadline > now ? call->deadline - now : 1;
+
+        link_del(&call->link);
+        if (call_start(c->cur, call, call->method, NULL, (uint32_t)left) < 0) {
+            link_add(&c->parked, &call->link); /* parked_finish unlinks it again */
+            parked_finish(c, call, KK_EH2);
+        }
+    }
+}
+
+/* The broker refused the stream before processing it (GOAWAY below its id,
+ * or RST_STREAM REFUSED_STREAM; RFC 9113 §8.7 makes such a request safe to
+ * repeat): keep its request bytes and send it once more when a connection
+ * is READY, at once if the current one is. */
+static void call_park(struct kk_kmq_client *c, struct call *call)
+{
+    struct conn *cn = call->conn;
+
+    KK_INFO(c->scope, "kubemq: %s refused by the broker; sending it again", call->method);
+    link_del(&call->link);
+    if (call->id > 0 && cn->h2)
+        nghttp2_session_set_stream_user_data(cn->h2, call->id, NULL);
+    call->id = -1;
+    call->conn = NULL;
+    call->retried = true;
+    call->out_off = 0;
+    kk_grpc_resp_init(&call->resp);
+    kk_buf_reset(&call->dec.buf);
+    if (call->reply)
+        kk_kmq_free(call->reply);
+    call->reply = NULL;
+    link_add(&c->parked, &call->link);
+    if (cn->draining && !cn->closing && link_empty(&cn->calls))
+        conn_lost(cn, KK_ECLOSED);
+    parked_resend(c);
+}
+
 static void call_finish(struct call *call, uint32_t h2err)
 {
     struct kk_kmq_client *c = call->conn->c;
@@ -488,6 +576,11 @@ static void call_finish(struct call *call, uint32_t h2err)
     }
     switch (call->kind) {
     case CALL_UNARY:
+        if (call->cb && err == KK_EH2 && h2err == NGHTTP2_REFUSED_STREAM && !call->retried && !c->closing &&
+            c->state != KK_KMQ_FAILED) {
+            call_park(c, call);
+            return;
+        }
         if (call->cb) {
             void *reply = err ? NULL : call->reply;
             kk_kmq_unary_cb cb = call->cb;
@@ -527,7 +620,7 @@ static void call_finish(struct call *call, uint32_t h2err)
         }
         break;
     }
-    call_release(call);
+    call_release(c, call);
 }
 
 /* ------------------------------------------------------ nghttp2 callbacks */
@@ -550,7 +643,7 @@ static int on_sub_msg(void *arg, const uint8_t *p, size_t n)
             s->req->subscribetypedata == KUBEMQ__SUBSCRIBE__SUBSCRIBE_TYPE__Queries)
                ? &kubemq__request__descriptor
                : &kubemq__event_receive__descriptor;
-    msg = protobuf_c_message_unpack(desc, NULL, n, p);
+    msg = kk_pb_unpack(desc, p, n);
     if (!msg) {
         KK_ERROR(c->scope, "kubemq: malformed %s on %s (%zu bytes); resetting the stream", desc->short_name,
                  s->req->channel, n);
@@ -580,7 +673,7 @@ static int on_unary_msg(void *arg, const uint8_t *p, size_t n)
         return 1; /* a unary reply has one message; ignore extras */
     if (!call->reply_desc)
         return 0;
-    call->reply = protobuf_c_message_unpack(call->reply_desc, NULL, n, p);
+    call->reply = kk_pb_unpack(call->reply_desc, p, n);
     if (!call->reply) {
         KK_ERROR(call->conn->c->scope, "kubemq: malformed %s reply (%zu bytes)", call->reply_desc->short_name,
                  n);
@@ -599,7 +692,8 @@ static int on_down_msg(void *arg, const uint8_t *p, size_t n)
 
     if (!d || call->canceled || c->closing)
         return 1;
-    r = kubemq__queues_downstream_response__unpack(NULL, n, p);
+    r = (Kubemq__QueuesDownstreamResponse *)kk_pb_unpack(&kubemq__queues_downstream_response__descriptor, p,
+                                                         n);
     if (!r) {
         KK_ERROR(c->scope, "kubemq: malformed QueuesDownstreamResponse (%zu bytes); resetting the stream", n);
         call_cancel(call, KK_EPARSE);
@@ -668,6 +762,7 @@ static void conn_ready(struct conn *cn)
     c->attempt = 0;
     c->state = KK_KMQ_READY;
     open_idle_streams(c);
+    parked_resend(c);
     if (c->on_state && !c->closing)
         c->on_state(c->user, KK_KMQ_READY, 0);
 }
@@ -695,6 +790,8 @@ static void schedule_reconnect(struct kk_kmq_client *c, int err)
         return;
     if (!c->o.auto_reconnect || (c->o.max_reconnects && c->attempt >= c->o.max_reconnects)) {
         KK_ERROR(c->scope, "kubemq: %s:%u unreachable, giving up: %s", c->host, c->o.port, kk_strerror(err));
+        uv_timer_stop(&c->resub_timer);
+        parked_fail(c, err);
         set_state(c, KK_KMQ_FAILED, err);
         return;
     }
@@ -714,9 +811,13 @@ static void conn_goaway(struct conn *cn, int32_t last_id, uint32_t code)
     cn->draining = true;
     if (c->cur == cn) {
         c->cur = NULL;
-        set_state(c, KK_KMQ_RECONNECTING, KK_ECLOSED);
-        if (!c->closing)
-            uv_timer_start(&c->reconnect_timer, on_reconnect_timer, 0, 0);
+        if (!c->o.auto_reconnect) {
+            schedule_reconnect(c, KK_ECLOSED); /* FAILED, as for any other loss */
+        } else {
+            set_state(c, KK_KMQ_RECONNECTING, KK_ECLOSED);
+            if (!c->closing)
+                uv_timer_start(&c->reconnect_timer, on_reconnect_timer, 0, 0);
+        }
     }
     if (link_empty(&cn->calls))
         conn_lost(cn, KK_ECLOSED); /* nothing left to finish here */
@@ -892,6 +993,7 @@ static void on_read(struct kk_stream *st, const char *data, ssize_t n)
         return;
     }
     cn->last_rx = uv_now(c->loop);
+    cn->ping_out = false; /* anything received proves the peer alive */
     enter(c);
     cn->flushing = true; /* nghttp2 must not be re-entered from its callbacks */
     rv = nghttp2_session_mem_recv(cn->h2, (const uint8_t *)data, (size_t)n);
@@ -945,7 +1047,7 @@ static int session_new(struct conn *cn)
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_option_set_no_auto_window_update(opt, 1);
-    if (nghttp2_session_client_new2(&cn->h2, cbs, cn, opt))
+    if (nghttp2_session_client_new3(&cn->h2, cbs, cn, opt, &cn->c->h2mem.mem))
         goto out;
     rc = KK_EH2;
     if (nghttp2_submit_settings(cn->h2, NGHTTP2_FLAG_NONE, iv, 3) ||
@@ -983,6 +1085,7 @@ static void on_connect(struct kk_stream *st, int status)
     if (rc < 0)
         goto out;
     cn->last_rx = uv_now(c->loop);
+    keepalive_arm(c);
     /* Ping once per connection: logs which broker we reached. */
     unary_on(cn, "Ping", &empty.base, &kubemq__ping_result__descriptor, on_ping_connect, c);
     conn_flush(cn);
@@ -1072,6 +1175,10 @@ static void on_deadline(uv_timer_t *t)
 
         if (call->deadline > now)
             break;
+        if (!call->conn) { /* parked: never reached a connection again */
+            parked_finish(c, call, KK_ETIMEOUT);
+            continue;
+        }
         link_del(&call->dl_link);
         call_cancel(call, KK_ETIMEOUT);
     }
@@ -1082,23 +1189,87 @@ static void on_deadline(uv_timer_t *t)
     }
 }
 
+/* When a connection next needs attention: its PING is overdue, or it has
+ * been idle long enough for one. */
+static uint64_t keepalive_due(const struct kk_kmq_client *c, const struct conn *cn)
+{
+    return cn->ping_out ? cn->ping_at + c->o.keepalive_timeout_ms : cn->last_rx + c->o.keepalive_idle_ms;
+}
+
 static void on_keepalive(uv_timer_t *t)
 {
     struct kk_kmq_client *c = t->data;
     uint64_t now = uv_now(c->loop);
-    struct link *l;
+    struct link *l, *next;
 
-    for (l = c->conns.next; l != &c->conns; l = l->next) {
+    for (l = c->conns.next; l != &c->conns; l = next) {
         struct conn *cn = CONTAINER(l, struct conn, link);
 
-        if (cn->h2 && !cn->closing && now - cn->last_rx >= KEEPALIVE_MS) {
-            nghttp2_submit_ping(cn->h2, NGHTTP2_FLAG_NONE, NULL);
+        next = l->next;
+        if (!cn->h2 || cn->closing || keepalive_due(c, cn) > now)
+            continue;
+        if (cn->ping_out) {
+            /* Nothing at all came back: a dead peer or a black-holed path
+             * that TCP would only notice after many minutes. */
+            KK_WARN(c->scope, "kubemq: %s:%u: no answer to PING in %u ms; closing the connection", c->host,
+                    c->o.port, c->o.keepalive_timeout_ms);
+            conn_lost(cn, KK_ETIMEOUT);
+            continue;
+        }
+        if (nghttp2_submit_ping(cn->h2, NGHTTP2_FLAG_NONE, NULL) == 0) {
+            cn->ping_out = true;
+            cn->ping_at = now;
             kick(c);
         }
     }
+    keepalive_arm(c);
+}
+
+/* One timer for every connection, set for the earliest due time; reads only
+ * move last_rx, and a timer that fires early just re-arms itself. */
+static void keepalive_arm(struct kk_kmq_client *c)
+{
+    uint64_t now = uv_now(c->loop), next = UINT64_MAX;
+    struct link *l;
+
+    if (c->closing)
+        return;
+    for (l = c->conns.next; l != &c->conns; l = l->next) {
+        struct conn *cn = CONTAINER(l, struct conn, link);
+        uint64_t due;
+
+        if (!cn->h2 || cn->closing)
+            continue;
+        due = keepalive_due(c, cn);
+        if (due < next)
+            next = due;
+    }
+    if (next == UINT64_MAX)
+        uv_timer_stop(&c->keepalive_timer);
+    else
+        uv_timer_start(&c->keepalive_timer, on_keepalive, next > now ? next - now : 0, 0);
 }
 
 /* ------------------------------------------------------------ public API */
+
+/* An explicit option wins; KK_TEST_KEEPALIVE_MS lets tests shorten both
+ * intervals of clients built by code they do not control (sources). */
+static void keepalive_defaults(struct kk_kmq_opts *o)
+{
+    const char *env = getenv("KK_TEST_KEEPALIVE_MS");
+    long v = env ? strtol(env, NULL, 10) : 0;
+
+    if (v > 0 && v <= 3600000) {
+        if (!o->keepalive_idle_ms)
+            o->keepalive_idle_ms = (uint32_t)v;
+        if (!o->keepalive_timeout_ms)
+            o->keepalive_timeout_ms = (uint32_t)v;
+    }
+    if (!o->keepalive_idle_ms)
+        o->keepalive_idle_ms = KEEPALIVE_MS;
+    if (!o->keepalive_timeout_ms)
+        o->keepalive_timeout_ms = KEEPALIVE_TIMEOUT_MS;
+}
 
 int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
                       void (*on_state)(void *user, enum kk_kmq_state st, int err), void *user,
@@ -1116,6 +1287,7 @@ int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
         return KK_ENOMEM;
     c->loop = loop;
     c->o = *opts;
+    kk_h2mem_init(&c->h2mem);
     c->on_state = on_state;
     c->user = user;
     if (!c->o.reconnect_interval_ms)
@@ -1126,11 +1298,13 @@ int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
         c->o.max_message_bytes = 100u << 20;
     if (!c->o.call_timeout_ms)
         c->o.call_timeout_ms = 30000;
+    keepalive_defaults(&c->o);
     link_init(&c->conns);
     link_init(&c->subs);
     link_init(&c->downs);
     link_init(&c->deadlines);
     link_init(&c->zombies);
+    link_init(&c->parked);
     c->host = strdup(opts->host);
     c->scope = strdup(opts->log_scope ? opts->log_scope : "kubemq");
     if (!c->host || !c->scope)
@@ -1160,7 +1334,6 @@ int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
     c->idle.data = c->reconnect_timer.data = c->deadline_timer.data = c->keepalive_timer.data =
         c->resub_timer.data = c;
     c->handles = 5;
-    uv_timer_start(&c->keepalive_timer, on_keepalive, KEEPALIVE_MS, KEEPALIVE_MS);
     c->state = KK_KMQ_CONNECTING;
     start_connect(c);
     *out = c;
@@ -1206,6 +1379,7 @@ static void client_finish(struct kk_kmq_client *c)
     }
     if (c->tls)
         kk_tls_ctx_free(c->tls);
+    kk_h2mem_free(&c->h2mem);
     free(c->host);
     free(c->scope);
     free(c->token);
@@ -1231,6 +1405,7 @@ static void on_close_idle(uv_idle_t *h)
 
     uv_idle_stop(h);
     c->teardown = true;
+    parked_fail(c, KK_ECANCELED);
     for (l = c->conns.next; l != &c->conns; l = next) {
         struct conn *cn = CONTAINER(l, struct conn, link);
 
@@ -1262,8 +1437,7 @@ void kk_kmq_client_close(struct kk_kmq_client *c, void (*done)(void *arg), void 
 
 void kk_kmq_free(void *msg)
 {
-    if (msg)
-        protobuf_c_message_free_unpacked(msg, NULL);
+    kk_pb_free(msg);
 }
 
 static int unary_on(struct conn *cn, const char *method, const ProtobufCMessage *msg,

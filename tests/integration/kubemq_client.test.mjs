@@ -14,11 +14,12 @@ const BUILD = process.env.KK_BUILD_DIR || 'build';
 const PROBE = path.resolve(BUILD, 'tests/tools/kmq-probe');
 
 // Runs the probe; lines are parsed JSON, stderr kept for messages.
-function probe(port, args, { timeoutMs = 20000 } = {}) {
+function probe(port, args, { timeoutMs = 20000, env = {} } = {}) {
     // KK_PROBE_WRAPPER="valgrind -q --leak-check=full --error-exitcode=9" runs every probe under valgrind.
     const wrap = (process.env.KK_PROBE_WRAPPER || '').split(' ').filter(Boolean);
     const argv = [...wrap, PROBE, '--port', String(port), '--timeout-ms', String(timeoutMs), ...args];
-    const proc = track(spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }));
+    const proc = track(spawn(argv[0], argv.slice(1),
+        { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } }));
     const p = { proc, lines: [], stderr: '', buf: '' };
     proc.stdout.on('data', (d) => {
         p.buf += d;
@@ -269,11 +270,15 @@ function eventReceive(body, seq) {
     return Buffer.concat([Buffer.from([0x22, b.length]), b, Buffer.from([0x30, seq])]);
 }
 
-async function scriptedServer(onCall) {
+async function scriptedServer(onCall, { onSession = null } = {}) {
     const calls = [];
     const server = http2.createServer();
     const sessions = new Set();
-    server.on('session', (s) => { sessions.add(s); s.on('close', () => sessions.delete(s)); });
+    server.on('session', (s) => {
+        sessions.add(s);
+        s.on('close', () => sessions.delete(s));
+        if (onSession) onSession(s);
+    });
     server.on('stream', (stream, headers) => {
         const call = { path: headers[':path'], headers, rst: null, n: calls.length };
         calls.push(call);
@@ -402,6 +407,180 @@ test('faults: trailers-only error, missing grpc-status, deadline, GOAWAY', async
         } finally {
             await srv2.close();
         }
+    } finally {
+        await srv.close();
+    }
+});
+
+// ---- hardening: dead peers, refused calls, FAILED ----
+import net from 'node:net';
+
+// Raw TCP proxy to 127.0.0.1:target; silence() turns every open connection into a black hole
+// (bytes are dropped both ways, sockets stay open), as a dead peer behind a NAT looks.
+async function tcpProxy(target) {
+    const conns = new Set();
+    let accepted = 0;
+    const server = net.createServer((sock) => {
+        accepted++;
+        const up = net.connect(target, '127.0.0.1');
+        const c = { silent: false };
+        const end = () => { sock.destroy(); up.destroy(); conns.delete(c); };
+        c.end = end;
+        conns.add(c);
+        sock.on('data', (d) => { if (!c.silent) up.write(d); });
+        up.on('data', (d) => { if (!c.silent) sock.write(d); });
+        for (const s of [sock, up]) { s.on('error', end); s.on('close', end); }
+    });
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    return {
+        port: server.address().port,
+        accepted: () => accepted,
+        silence() { for (const c of conns) c.silent = true; },
+        async close() {
+            for (const c of [...conns]) c.end();
+            await new Promise((r) => server.close(r));
+        },
+    };
+}
+
+test('keepalive: an unanswered PING closes the connection; the client reconnects and resubscribes', async () => {
+    const px = await tcpProxy(port);
+    try {
+        const p = probe(px.port, ['--keepalive-ms', '300', '--keepalive-timeout-ms', '400', '--reconnect-ms', '50',
+            'respond', '--channel', 'q.ka', '--count', '2'], { timeoutMs: 15000 });
+        await p.waitFor((l) => l.event === 'subscribed');
+        assert.equal(Buffer.from((await sendQuery(addr, 'q.ka', 'k0')).response.body).toString(), 're:k0');
+        px.silence();
+        const t0 = Date.now();
+        const lost = await p.waitFor((l) => l.event === 'lost', 5000, 'lost after the silent PING');
+        assert.equal(lost.err, 'KK_ETIMEOUT');
+        assert.ok(lost.t - t0 >= 350, `detected after ${lost.t - t0} ms: not before PING + timeout`);
+        const sub = await until(() => p.events('subscribed')[1], 5000, 20);
+        assert.ok(sub, `resubscribed; stderr ${p.stderr}`);
+        await sleep(200); // the proxy drops the dead upstream, so the broker forgets the old subscriber
+        assert.equal(Buffer.from((await sendQuery(addr, 'q.ka', 'k1')).response.body).toString(), 're:k1');
+        assert.equal((await p.exit()).code, 0, p.stderr);
+        assert.match(p.stderr, /no answer to PING in 400 ms; closing the connection/);
+        assert.equal(px.accepted(), 2);
+        assert.deepEqual(p.events('state').map((s) => s.state), ['READY', 'RECONNECTING', 'READY']);
+        assertClosed(p);
+    } finally {
+        await px.close();
+    }
+});
+
+test('keepalive: PINGs only while idle (KK_TEST_KEEPALIVE_MS), acknowledged PINGs keep the connection', async () => {
+    const pings = [];
+    const srv = await scriptedServer((stream, call) => {
+        if (call.path === '/kubemq.kubemq/Ping') return replyUnary(stream, Buffer.alloc(0));
+        stream.respond(OKHDR);
+        setTimeout(() => stream.write(frame(eventReceive('late', 1))), 1300);
+        return undefined;
+    }, { onSession: (s) => s.on('ping', () => pings.push(Date.now())) });
+    try {
+        // No option given: the test variable sets the idle interval (and the PING timeout).
+        const p = probe(srv.port, ['events', '--channel', 'ka', '--count', '1'], { env: { KK_TEST_KEEPALIVE_MS: '250' } });
+        const r = await p.exit();
+        assert.equal(r.code, 0, p.stderr);
+        // ~1.3 s idle at 250 ms: about 5 PINGs, never faster than the idle interval.
+        assert.ok(pings.length >= 3 && pings.length <= 6, `${pings.length} pings`);
+        for (let i = 1; i < pings.length; i++) assert.ok(pings[i] - pings[i - 1] >= 200, `gap ${pings[i] - pings[i - 1]}`);
+        assert.equal(p.events('lost').length, 0);
+        assert.equal(p.events('state').filter((s) => s.state === 'READY').length, 1);
+        assertClosed(p);
+    } finally {
+        await srv.close();
+    }
+});
+
+// Result{Sent = true}
+const RESULT_SENT = Buffer.from([0x10, 0x01]);
+
+test('refused calls: GOAWAY below the stream id or RST_STREAM REFUSED_STREAM are sent again once', async () => {
+    let mode = 'goaway';
+    const bodies = [];
+    const srv = await scriptedServer((stream, call, calls) => {
+        if (call.path === '/kubemq.kubemq/Ping') return replyUnary(stream, Buffer.alloc(0));
+        const n = calls.filter((c) => c.path === '/kubemq.kubemq/SendEvent').length;
+        let data = Buffer.alloc(0);
+        stream.on('data', (d) => { data = Buffer.concat([data, d]); });
+        stream.on('end', () => bodies.push(data));
+        if (mode === 'goaway' && n === 1) {
+            // The broker is going away and has not seen this stream: it was never processed.
+            stream.session.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id - 2);
+            return undefined;
+        }
+        if (mode === 'rst-always' || (mode === 'rst' && n === 1)) {
+            return stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        }
+        return replyUnary(stream, RESULT_SENT);
+    });
+    const sendEvents = () => srv.calls.filter((c) => c.path === '/kubemq.kubemq/SendEvent').length;
+    try {
+        let p = probe(srv.port, ['--reconnect-ms', '50', 'send-event', '--channel', 'rf', '--count', '2']);
+        assert.equal((await p.exit()).code, 0, p.stderr);
+        assert.equal(p.events('sent').length, 2);
+        assert.equal(sendEvents(), 3);
+        await until(() => bodies.length >= 2, 2000);
+        assert.ok(bodies[1].length > 5 && bodies[1].includes(Buffer.from('event-1')));
+        assert.match(p.stderr, /GOAWAY/);
+        assert.match(p.stderr, /SendEvent refused by the broker; sending it again/);
+        assert.equal(p.events('state').filter((s) => s.state === 'READY').length, 2);
+        assertClosed(p);
+
+        mode = 'rst';
+        srv.calls.length = 0;
+        p = probe(srv.port, ['send-event', '--channel', 'rf', '--count', '1']);
+        assert.equal((await p.exit()).code, 0, p.stderr);
+        assert.equal(sendEvents(), 2);
+        assert.equal(p.events('state').filter((s) => s.state === 'READY').length, 1); // same connection
+        assertClosed(p);
+
+        mode = 'rst-always'; // once only: the second refusal is the caller's error
+        srv.calls.length = 0;
+        p = probe(srv.port, ['send-event', '--channel', 'rf', '--count', '1']);
+        assert.equal((await p.exit()).code, 1, p.stderr);
+        assert.equal(p.events('error')[0].err, 'KK_EH2');
+        assert.equal(sendEvents(), 2);
+        assertClosed(p);
+    } finally {
+        await srv.close();
+    }
+});
+
+test('FAILED: reported once after max_reconnects, nothing reconnects afterwards', async () => {
+    const tmp = net.createServer();
+    await new Promise((r) => tmp.listen(0, '127.0.0.1', r));
+    const dead = tmp.address().port;
+    await new Promise((r) => tmp.close(r)); // nothing listens there now
+    const p = probe(dead, ['--max-reconnects', '2', '--reconnect-ms', '20', '--linger-ms', '700', 'ping']);
+    const r = await p.exit();
+    assert.equal(r.code, 4, p.stderr);
+    const states = p.events('state').map((s) => s.state);
+    assert.equal(states.filter((s) => s === 'FAILED').length, 1, JSON.stringify(states));
+    assert.equal(states[states.length - 1], 'FAILED');
+    assert.equal((p.stderr.match(/giving up/g) || []).length, 1);
+    assert.equal((p.stderr.match(/reconnecting in/g) || []).length, 2); // max_reconnects = 2 attempts
+    const failed = p.events('state').find((s) => s.state === 'FAILED');
+    assert.ok(p.events('done')[0].t - failed.t >= 600, 'lingered with no further state change');
+    assertClosed(p);
+});
+
+test('FAILED: with auto_reconnect off a GOAWAY is final too (no silent reconnect)', async () => {
+    const srv = await scriptedServer((stream, call) => {
+        if (call.path === '/kubemq.kubemq/Ping') return replyUnary(stream, Buffer.alloc(0));
+        stream.respond(OKHDR);
+        stream.write(frame(eventReceive('one', 1)));
+        setTimeout(() => stream.session.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id), 100);
+        return undefined;
+    });
+    try {
+        const p = probe(srv.port, ['--no-reconnect', '--linger-ms', '500', 'events', '--channel', 'nr', '--count', '5']);
+        assert.equal((await p.exit()).code, 4, p.stderr);
+        assert.deepEqual(p.events('state').map((s) => s.state), ['READY', 'FAILED']);
+        assert.equal(p.events('msg').length, 1);
+        assert.equal(srv.calls.filter((c) => c.path === '/kubemq.kubemq/Ping').length, 1); // one connection only
+        assertClosed(p);
     } finally {
         await srv.close();
     }

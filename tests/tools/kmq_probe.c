@@ -4,7 +4,10 @@
  *
  *   kmq-probe --port P [--host H] [--tls --ca FILE [--server-name N]] [--token T]
  *             [--reconnect-ms N] [--max-reconnects N] [--timeout-ms N] [--client-id ID]
- *             [--max-message BYTES] [--call-timeout-ms N] CMD ...
+ *             [--max-message BYTES] [--call-timeout-ms N] [--keepalive-ms N]
+ *             [--keepalive-timeout-ms N] [--linger-ms N] [--no-reconnect] CMD ...
+ *   --linger-ms: after FAILED, keep the loop running this long (to show
+ *   nothing more happens) before closing.
  *   CMD: ping
  *        send-event --channel C --count N [--persist]
  *        respond --channel C --count N [--commands] [--pause-after K --pause-ms M]
@@ -28,7 +31,8 @@ struct probe {
     struct kk_kmq_client *c;
     struct kk_kmq_sub *sub;
     struct kk_kmq_downstream *down;
-    uv_timer_t timeout, pause;
+    uv_timer_t timeout, pause, linger;
+    long linger_ms;
     const char *cmd, *channel, *group, *store, *client_id;
     bool commands, store_events;
     long count, got, answered, pause_after, pause_ms, max_items;
@@ -71,6 +75,7 @@ static void finish(struct probe *p, int code)
     p->down = NULL;
     uv_close((uv_handle_t *)&p->timeout, NULL);
     uv_close((uv_handle_t *)&p->pause, NULL);
+    uv_close((uv_handle_t *)&p->linger, NULL);
     kk_kmq_client_close(p->c, on_closed, p);
 }
 
@@ -104,13 +109,20 @@ static const char *state_name(enum kk_kmq_state st)
 
 static void start_cmd(struct probe *p);
 
+static void on_linger(uv_timer_t *t)
+{
+    finish(t->data, 4);
+}
+
 static void on_state(void *user, enum kk_kmq_state st, int err)
 {
     struct probe *p = user;
     static bool started;
 
     printf("{\"event\":\"state\",\"state\":\"%s\",\"err\":\"%s\"}\n", state_name(st), kk_errname(err));
-    if (st == KK_KMQ_FAILED)
+    if (st == KK_KMQ_FAILED && p->linger_ms > 0 && !p->finishing)
+        uv_timer_start(&p->linger, on_linger, (uint64_t)p->linger_ms, 0);
+    else if (st == KK_KMQ_FAILED)
         finish(p, 4);
     else if (st == KK_KMQ_READY && !started) {
         started = true;
@@ -419,6 +431,12 @@ int main(int argc, char **argv)
             o.max_message_bytes = (size_t)atol(v);
         else if (OPT("--call-timeout-ms"))
             o.call_timeout_ms = (uint32_t)atoi(v);
+        else if (OPT("--keepalive-ms"))
+            o.keepalive_idle_ms = (uint32_t)atoi(v);
+        else if (OPT("--keepalive-timeout-ms"))
+            o.keepalive_timeout_ms = (uint32_t)atoi(v);
+        else if (OPT("--linger-ms"))
+            p.linger_ms = atol(v);
         else if (OPT("--channel"))
             p.channel = v;
         else if (OPT("--group"))
@@ -433,6 +451,8 @@ int main(int argc, char **argv)
             p.max_items = atol(v);
         else if (OPT("--store"))
             p.store = v;
+        else if (strcmp(a, "--no-reconnect") == 0)
+            o.auto_reconnect = false;
         else if (strcmp(a, "--persist") == 0)
             p.store_events = true;
         else if (strcmp(a, "--commands") == 0)
@@ -454,13 +474,15 @@ int main(int argc, char **argv)
     uv_loop_init(&p.loop);
     uv_timer_init(&p.loop, &p.timeout);
     uv_timer_init(&p.loop, &p.pause);
-    p.timeout.data = p.pause.data = &p;
+    uv_timer_init(&p.loop, &p.linger);
+    p.timeout.data = p.pause.data = p.linger.data = &p;
     uv_timer_start(&p.timeout, on_timeout, (uint64_t)timeout_ms, 0);
     rc = kk_kmq_client_new(&p.loop, &o, on_state, &p, &p.c);
     if (rc < 0) {
         printf("{\"event\":\"error\",\"op\":\"new\",\"err\":\"%s\"}\n", kk_errname(rc));
         uv_close((uv_handle_t *)&p.timeout, NULL);
         uv_close((uv_handle_t *)&p.pause, NULL);
+        uv_close((uv_handle_t *)&p.linger, NULL);
         p.exit_code = 1;
     }
     uv_run(&p.loop, UV_RUN_DEFAULT);

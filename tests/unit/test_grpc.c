@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +11,9 @@
 
 #include "grpc_frame.h"
 #include "kk/err.h"
+#include "kubemq.pb-c.h"
+#include "h2mem.h"
+#include "pbarena.h"
 
 struct got {
     int n;
@@ -273,6 +277,155 @@ static void test_timeout_format(void **state)
     assert_string_equal(out, "100000S");
 }
 
+/* Packs r into a fresh buffer (*len set); the caller frees it. */
+static uint8_t *pack_request(const Kubemq__Request *r, size_t *len)
+{
+    uint8_t *buf;
+
+    *len = kubemq__request__get_packed_size(r);
+    buf = malloc(*len ? *len : 1);
+    assert_non_null(buf);
+    kubemq__request__pack(r, buf);
+    return buf;
+}
+
+static void test_pbarena_request(void **state)
+{
+    Kubemq__Request r = KUBEMQ__REQUEST__INIT;
+    Kubemq__Request__TagsEntry t1 = KUBEMQ__REQUEST__TAGS_ENTRY__INIT, t2 = KUBEMQ__REQUEST__TAGS_ENTRY__INIT;
+    Kubemq__Request__TagsEntry *tags[] = {&t1, &t2};
+    uint8_t body[3000];
+    Kubemq__Request *got;
+    uint8_t *wire;
+    size_t len;
+
+    memset(body, 0xab, sizeof(body));
+    r.requestid = "req-1";
+    r.clientid = "client";
+    r.channel = "q.channel";
+    r.metadata = "meta";
+    r.replychannel = "_INBOX.reply";
+    r.body.data = body;
+    r.body.len = sizeof(body);
+    r.timeout = 5000;
+    t1.key = "k1";
+    t1.value = "v1";
+    t2.key = "k2";
+    t2.value = "";
+    r.n_tags = 2;
+    r.tags = tags;
+    wire = pack_request(&r, &len);
+    got = (Kubemq__Request *)kk_pb_unpack(&kubemq__request__descriptor, wire, len);
+    free(wire); /* nothing may point into the input */
+    assert_non_null(got);
+    assert_int_equal(kk_pb_blocks(&got->base), 1); /* the usual message: one malloc */
+    assert_string_equal(got->requestid, "req-1");
+    assert_string_equal(got->clientid, "client");
+    assert_string_equal(got->channel, "q.channel");
+    assert_string_equal(got->metadata, "meta");
+    assert_string_equal(got->replychannel, "_INBOX.reply");
+    assert_int_equal(got->timeout, 5000);
+    assert_int_equal(got->body.len, sizeof(body));
+    assert_memory_equal(got->body.data, body, sizeof(body));
+    assert_int_equal(got->n_tags, 2);
+    assert_string_equal(got->tags[0]->key, "k1");
+    assert_string_equal(got->tags[0]->value, "v1");
+    assert_string_equal(got->tags[1]->key, "k2");
+    assert_string_equal(got->tags[1]->value, "");
+    kk_pb_free(&got->base);
+    kk_pb_free(NULL);
+}
+
+/* 300 tiny map entries: each 6-byte entry unpacks to a struct plus two
+ * strings, far past the first block, which must spill and stay correct. */
+static void test_pbarena_spill(void **state)
+{
+    enum { N = 300 };
+    Kubemq__Request r = KUBEMQ__REQUEST__INIT;
+    static Kubemq__Request__TagsEntry ent[N];
+    static Kubemq__Request__TagsEntry *tags[N];
+    static char keys[N][8];
+    Kubemq__Request *got;
+    uint8_t *wire;
+    size_t len;
+
+    for (int i = 0; i < N; i++) {
+        kubemq__request__tags_entry__init(&ent[i]);
+        snprintf(keys[i], sizeof(keys[i]), "%d", i);
+        ent[i].key = keys[i];
+        ent[i].value = "";
+        tags[i] = &ent[i];
+    }
+    r.channel = "c";
+    r.n_tags = N;
+    r.tags = tags;
+    wire = pack_request(&r, &len);
+    got = (Kubemq__Request *)kk_pb_unpack(&kubemq__request__descriptor, wire, len);
+    free(wire);
+    assert_non_null(got);
+    assert_true(kk_pb_blocks(&got->base) > 1);
+    assert_true(kk_pb_blocks(&got->base) < 8); /* blocks double */
+    assert_int_equal(got->n_tags, N);
+    for (int i = 0; i < N; i++)
+        assert_string_equal(got->tags[i]->key, keys[i]);
+    kk_pb_free(&got->base);
+}
+
+static void test_pbarena_malformed(void **state)
+{
+    static const uint8_t bad[] = {0xff, 0xff, 0xff, 0xff};
+    static const uint8_t truncated[] = {0x0a, 0x10, 'a', 'b'}; /* RequestID announces 16 bytes */
+
+    assert_null(kk_pb_unpack(&kubemq__request__descriptor, bad, sizeof(bad)));
+    assert_null(kk_pb_unpack(&kubemq__request__descriptor, truncated, sizeof(truncated)));
+    /* Empty input is a valid all-defaults message. */
+    ProtobufCMessage *m = kk_pb_unpack(&kubemq__event_receive__descriptor, truncated, 0);
+    assert_non_null(m);
+    assert_int_equal(((Kubemq__EventReceive *)m)->sequence, 0);
+    kk_pb_free(m);
+}
+
+/* Freed blocks come back for the next request of their class; calloc zeroes
+ * recycled memory; realloc keeps the bytes; big blocks are not kept. */
+static void test_h2mem_recycles(void **state)
+{
+    static struct kk_h2mem m;
+    nghttp2_mem *a = &m.mem;
+    void *p, *q, *big;
+    unsigned char *z;
+
+    kk_h2mem_init(&m);
+    p = a->malloc(100, a->mem_user_data);
+    assert_non_null(p);
+    memset(p, 0x5a, 100);
+    a->free(p, a->mem_user_data);
+    q = a->malloc(120, a->mem_user_data); /* same 128-byte class */
+    assert_ptr_equal(p, q);
+    a->free(q, a->mem_user_data);
+    z = a->calloc(4, 30, a->mem_user_data);
+    assert_ptr_equal(z, p);
+    for (int i = 0; i < 120; i++)
+        assert_int_equal(z[i], 0);
+    memcpy(z, "keep", 4);
+    z = a->realloc(z, 128, a->mem_user_data); /* fits: same block */
+    assert_ptr_equal(z, p);
+    z = a->realloc(z, 3000, a->mem_user_data);
+    assert_ptr_not_equal(z, p);
+    assert_memory_equal(z, "keep", 4);
+    big = a->malloc(100000, a->mem_user_data);
+    assert_non_null(big);
+    a->free(big, a->mem_user_data);
+    assert_int_equal(m.mallocs, 3); /* 128 B, 4 KiB, the big one: nothing else reached malloc */
+    for (int i = 0; i < 1000; i++) {
+        void *x = a->malloc(200, a->mem_user_data);
+        a->free(x, a->mem_user_data);
+    }
+    assert_int_equal(m.mallocs, 4);
+    a->free(z, a->mem_user_data);
+    a->free(NULL, a->mem_user_data);
+    kk_h2mem_free(&m); /* valgrind: nothing leaks */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,6 +438,10 @@ int main(void)
         cmocka_unit_test(test_trailers),
         cmocka_unit_test(test_percent_decode),
         cmocka_unit_test(test_timeout_format),
+        cmocka_unit_test(test_pbarena_request),
+        cmocka_unit_test(test_pbarena_spill),
+        cmocka_unit_test(test_pbarena_malformed),
+        cmocka_unit_test(test_h2mem_recycles),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
