@@ -13,13 +13,57 @@
 #include "kk/err.h"
 #include "kk/log.h"
 
-/* One allocation per request: the two ids the reply needs. */
+/* What the reply needs: the two ids, copied.  Contexts are recycled through
+ * a small per-source free list, so steady state allocates nothing here; ids
+ * longer than the inline room (rare) get a context of their own. */
+#define RPC_INLINE 160
+#define RPC_FREE_MAX 256
+
 struct rpc_ctx {
     struct src_conn *conn;
+    struct rpc_ctx *next_free;
     char *request_id;
     char *reply_channel;
-    char mem[];
+    bool pooled;
+    char mem[RPC_INLINE];
 };
+
+static struct rpc_ctx *ctx_get(struct kk_src *s, size_t need)
+{
+    struct rpc_ctx *rc;
+    if (need <= RPC_INLINE && s->rpc_free) {
+        rc = s->rpc_free;
+        s->rpc_free = rc->next_free;
+        s->n_rpc_free--;
+        return rc;
+    }
+    size_t extra = need > RPC_INLINE ? need - RPC_INLINE : 0;
+    rc = malloc(sizeof(*rc) + extra);
+    if (rc)
+        rc->pooled = extra == 0;
+    return rc;
+}
+
+static void ctx_put(struct kk_src *s, struct rpc_ctx *rc)
+{
+    if (!rc->pooled || s->n_rpc_free >= RPC_FREE_MAX || s->closing) {
+        free(rc);
+        return;
+    }
+    rc->next_free = s->rpc_free;
+    s->rpc_free = rc;
+    s->n_rpc_free++;
+}
+
+void kk__src_rpc_free_pool(struct kk_src *s)
+{
+    while (s->rpc_free) {
+        struct rpc_ctx *rc = s->rpc_free;
+        s->rpc_free = rc->next_free;
+        free(rc);
+    }
+    s->n_rpc_free = 0;
+}
 
 static void send_reply(struct src_conn *c, const char *request_id, const char *reply_channel,
                        const struct kk_outcome *out)
@@ -50,7 +94,7 @@ static void on_reply(void *ctx, const struct kk_outcome *out)
 {
     struct rpc_ctx *rc = ctx;
     send_reply(rc->conn, rc->request_id, rc->reply_channel, out);
-    free(rc);
+    ctx_put(rc->conn->src, rc);
 }
 
 void kk__src_rpc_on_message(void *user, void *msg)
@@ -63,7 +107,7 @@ void kk__src_rpc_on_message(void *user, void *msg)
     const char *id = req->requestid ? req->requestid : "";
     const char *reply = req->replychannel ? req->replychannel : "";
     size_t il = strlen(id) + 1, rl = strlen(reply) + 1;
-    struct rpc_ctx *rc = malloc(sizeof(*rc) + il + rl);
+    struct rpc_ctx *rc = ctx_get(s, il + rl);
     if (!rc) {
         s->dropped++;
         KK_ERROR(s->bname, "out of memory: request %s dropped", id);
@@ -90,7 +134,7 @@ void kk__src_rpc_on_message(void *user, void *msg)
         o.response_len = (size_t)n;
         s->dropped++;
         send_reply(c, rc->request_id, rc->reply_channel, &o);
-        free(rc);
+        ctx_put(s, rc);
         return;
     }
     kk__src_after_submit(s);

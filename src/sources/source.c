@@ -313,6 +313,7 @@ static void client_on_state(void *user, enum kk_kmq_state st, int err)
     struct kk_src *s = c->src;
     switch (st) {
     case KK_KMQ_READY:
+        c->failed_err = 0;
         KK_INFO(s->bname, "connected to kubemq %s:%u (connection %u)", s->o.host, s->o.port, c->index);
         if (open_intake(c) != 0)
             KK_ERROR(s->bname, "cannot subscribe to %s", s->o.channel);
@@ -324,6 +325,7 @@ static void client_on_state(void *user, enum kk_kmq_state st, int err)
         break;
     case KK_KMQ_FAILED:
         c->live = false;
+        c->failed_err = err ? err : KK_ECLOSED;
         KK_ERROR(s->bname, "kubemq connection %u failed: %s", c->index, kk_strerror(err));
         break;
     case KK_KMQ_CONNECTING:
@@ -393,6 +395,14 @@ static bool src_ready(struct kk_source *base, const char **why)
     }
     for (unsigned i = 0; i < s->n_conns; i++) {
         struct src_conn *c = &s->conns[i];
+        if (c->failed_err) {
+            snprintf(reason, sizeof(reason),
+                     "kubemq connection %u to %s:%u failed permanently (auto_reconnect off or max_reconnects "
+                     "reached): %s",
+                     c->index, s->o.host, s->o.port, kk_strerror(c->failed_err));
+            *why = reason;
+            return false;
+        }
         if (!c->live) {
             snprintf(reason, sizeof(reason), "source connection %u to %s:%u not subscribed to %s", c->index,
                      s->o.host, s->o.port, s->o.channel);
@@ -429,6 +439,7 @@ static void finish_close(struct kk_src *s)
 {
     void (*done)(void *) = s->close_done;
     void *arg = s->close_arg;
+    kk__src_rpc_free_pool(s);
     free(s->conns);
     free(s);
     if (done)

@@ -19,6 +19,7 @@
 
 struct kk_src;
 struct q_txn;
+struct rpc_ctx;
 
 struct src_conn {
     struct kk_src *src;
@@ -28,6 +29,7 @@ struct src_conn {
     struct kk_kmq_sub *sub;         /* query, command, events, events-store */
     struct kk_kmq_downstream *ds;   /* queue */
     bool live;                      /* subscribed / downstream open */
+    int failed_err;                 /* client gave up (FAILED): its error, else 0 */
     bool closed;                    /* client close finished */
     /* queue */
     bool poll_outstanding;
@@ -82,6 +84,9 @@ struct kk_src {
     uint64_t poll_resume_ms;
     struct q_txn *nack_head, *nack_tail; /* FIFO, due times ascending */
     int32_t reserved;               /* MaxItems of outstanding Gets */
+    /* query/command reply contexts kept for reuse (rpc.c) */
+    struct rpc_ctx *rpc_free;
+    unsigned n_rpc_free;
     /* metrics */
     uint64_t received, dropped, replies_failed, published, publish_failed;
     uint64_t acked, nacked, reconnects;
@@ -89,6 +94,7 @@ struct kk_src {
 
 /* Kind-specific handlers, in rpc.c, events.c and queue.c. */
 void kk__src_rpc_on_message(void *user, void *msg);
+void kk__src_rpc_free_pool(struct kk_src *s);
 void kk__src_events_on_message(void *user, void *msg);
 int kk__src_queue_open(struct src_conn *c);
 void kk__src_queue_poll_all(struct kk_src *s);

@@ -221,6 +221,20 @@ test('a binding that cannot start (no AWS credentials) is retried and reported; 
     }
 });
 
+test('/ready says when a source gave up reconnecting (max_reconnects reached)', { skip }, async () => {
+    const port = await freePort();
+    const dead = await freePort();
+    const gone = binding('gone', 'gone', { source: { address: `127.0.0.1:${dead}`, max_reconnects: 1, connect_timeout_ms: 200 } });
+    await withGateway(config(port, [gone]), async (gw) => {
+        const text = await until(async () => {
+            const r = await gw.get('/ready');
+            return r.status === 503 && /failed permanently/.test(r.text) ? r.text : null;
+        }, 8000, 100);
+        assert.ok(text, 'ready reason names the permanent failure');
+        assert.match(text, /^gone: .*max_reconnects/m);
+    });
+});
+
 test('SIGTERM with requests in flight: every request is replied to, exit 0', { skip }, async () => {
     const port = await freePort();
     // One token per second: the first query runs at once, the others wait for tokens when SIGTERM
