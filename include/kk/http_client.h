@@ -13,7 +13,12 @@
  * Signing happens at send time: when a connection is ready for a request,
  * the pool calls req->prepare, which writes the complete request head
  * (request line, headers, blank line) into the given buffer; the pool then
- * writes head + body.
+ * writes head + body.  prepare may also build the body then and set
+ * req->body / req->body_len: the pool reads them right after prepare
+ * returns and uses them only during that send (the stream copies what the
+ * kernel does not take), so such a body may live in a buffer that the next
+ * prepare call reuses.  A request waiting for a connection then holds no
+ * body bytes at all.
  */
 #ifndef KK_HTTP_CLIENT_H
 #define KK_HTTP_CLIENT_H
@@ -65,7 +70,8 @@ struct kk_http_req {
     /* public: set by the caller before submit */
     kk_http_prepare_cb prepare;
     kk_http_response_cb on_response;
-    const char *body;  /* must stay valid until on_response */
+    const char *body;  /* set at submit: valid until on_response (a re-send writes it
+                        * again); or set by prepare on each send: see the top */
     size_t body_len;
     void *data;        /* caller's */
     /* private: owned by the pool while submitted */

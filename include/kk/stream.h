@@ -22,8 +22,10 @@
  * KK_ETLS_VERIFY (certificate chain or name; the reason is logged at warn).
  *
  * Limits: output is queued up to 32 MiB (KK_ETOOBIG beyond); a drained
- * queue larger than 256 KiB is released.  Reads use one 64 KiB buffer per
- * stream (no allocation per read).
+ * queue larger than 16 KiB is released.  Reads use one 64 KiB buffer per
+ * thread shared by all streams (no allocation per read, no read memory per
+ * idle stream): on_read's data is valid only during the call.  TLS streams
+ * keep undecrypted leftovers (paused reads) in their own bounded buffer.
  */
 #ifndef KK_STREAM_H
 #define KK_STREAM_H

@@ -8,6 +8,11 @@
  *
  * Connections are opened only while more requests wait than connections are
  * being set up (or about to be handed back), never past max_connections.
+ *
+ * Memory: the request head is written into one buffer of the pool, not of
+ * the connection: kk_stream_write copies whatever the kernel does not take
+ * at once, so the buffer is free again when conn_send returns.  A
+ * connection keeps only its response-body buffer (released when large).
  */
 #include "kk/http_client.h"
 
@@ -22,6 +27,7 @@
 
 #define HEAD_MAX (64u << 10)
 #define ERRTYPE_MAX 256
+#define BODY_KEEP (64u << 10) /* a larger response buffer is released after its response */
 
 enum conn_state {
     C_CONNECTING, /* stream connecting (or a synchronous connect failure pending) */
@@ -47,14 +53,13 @@ struct conn {
     bool done;                   /* message complete seen */
     int fail;                    /* error decided inside a parser callback */
     llhttp_t parser;
-    struct kk_buf head;
     struct kk_buf body;
     /* header capture: field names split across reads are accumulated */
     char field[24];
     size_t field_len;
     bool field_match;
     bool in_value;
-    char errtype[ERRTYPE_MAX];
+    char *errtype; /* ERRTYPE_MAX bytes, allocated at the first error-type header */
     size_t errtype_len;
     bool has_errtype;
 };
@@ -64,6 +69,7 @@ struct kk_http_pool {
     struct kk_http_pool_opts opts;
     char *host;
     struct kk_tls_ctx *tls;
+    struct kk_buf head; /* the head being sent; see the top of the file */
     uv_timer_t closer; /* makes close asynchronous even with no connection */
     struct kk_http_req *wq_head, *wq_tail;
     struct conn *conns;
@@ -192,6 +198,7 @@ static void pool_maybe_free(struct kk_http_pool *p)
     void *arg = p->done_arg;
     if (p->tls)
         kk_tls_ctx_free(p->tls);
+    kk_buf_free(&p->head);
     free(p->host);
     free(p);
     if (done)
@@ -209,8 +216,8 @@ static void conn_unref(struct conn *c)
         p->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    kk_buf_free(&c->head);
     kk_buf_free(&c->body);
+    free(c->errtype);
     free(c);
     p->handles--;
     pool_maybe_free(p);
@@ -268,8 +275,8 @@ static int conn_send(struct conn *c, struct kk_http_req *r)
     c->fail = 0;
     c->has_errtype = false;
     c->errtype_len = 0;
-    kk_buf_reset(&c->head);
-    rc = r->prepare(r, &c->head);
+    kk_buf_reset(&p->head);
+    rc = r->prepare(r, &p->head);
     if (rc < 0) {
         /* Nothing was written: the connection stays usable. */
         c->req = NULL;
@@ -278,7 +285,7 @@ static int conn_send(struct conn *c, struct kk_http_req *r)
         return rc;
     }
     uv_buf_t bufs[2] = {
-        uv_buf_init(c->head.base, (unsigned)c->head.len),
+        uv_buf_init(p->head.base, (unsigned)p->head.len),
         uv_buf_init((char *)(uintptr_t)r->body, (unsigned)r->body_len),
     };
     rc = kk_stream_write(c->stream, bufs, r->body_len ? 2 : 1);
@@ -339,7 +346,6 @@ static struct conn *conn_open(struct kk_http_pool *p, struct kk_http_req *for_re
     c->pool = p;
     c->state = C_CONNECTING;
     c->for_req = for_req;
-    kk_buf_init(&c->head, HEAD_MAX);
     kk_buf_init(&c->body, p->opts.max_response_bytes);
     llhttp_init(&c->parser, HTTP_RESPONSE, &resp_settings);
     c->parser.data = c;
@@ -471,8 +477,14 @@ static int on_header_field_complete(llhttp_t *hp)
     static const char name[] = "x-amzn-ErrorType";
     struct conn *c = hp->data;
     c->field_match = c->field_len == sizeof(name) - 1 && strncasecmp(c->field, name, sizeof(name) - 1) == 0;
-    if (c->field_match)
+    if (c->field_match) {
+        /* Only error answers carry it: successes cost no buffer. */
+        if (!c->errtype && !(c->errtype = malloc(ERRTYPE_MAX))) {
+            c->fail = KK_ENOMEM;
+            return -1;
+        }
         c->errtype_len = 0;
+    }
     return 0;
 }
 
@@ -482,7 +494,7 @@ static int on_header_value(llhttp_t *hp, const char *at, size_t n)
     c->in_value = true;
     if (!c->field_match)
         return 0;
-    size_t room = sizeof(c->errtype) - 1 - c->errtype_len;
+    size_t room = ERRTYPE_MAX - 1 - c->errtype_len;
     if (n > room)
         n = room; /* a longer error type is truncated, never a failure */
     memcpy(c->errtype + c->errtype_len, at, n);
@@ -563,6 +575,8 @@ static void conn_complete(struct conn *c, bool reusable)
     p->nreleasing--;
     if (c->state == C_CLOSING)
         return;
+    if (c->body.cap > BODY_KEEP)
+        kk_buf_free(&c->body);
     if (p->closing) {
         conn_close(c);
         return;
@@ -684,6 +698,7 @@ int kk_http_pool_new(uv_loop_t *loop, const struct kk_http_pool_opts *opts, stru
         goto fail;
     }
     p->opts.host = p->host;
+    kk_buf_init(&p->head, HEAD_MAX);
     if (!p->opts.max_connections)
         p->opts.max_connections = 32;
     if (!p->opts.connect_timeout_ms)

@@ -404,9 +404,28 @@ const struct kk_kinesis_entry *kk_kinesis_first_failed(const struct kk_kinesis_r
 
 /* ---- request bodies ------------------------------------------------------ */
 
+/* ,"name": (no printf: this runs several times per request body) */
+static int put_name(struct kk_buf *b, const char *name, bool comma)
+{
+    size_t n = strlen(name);
+    char *d = kk_buf_reserve(b, n + 4);
+    if (!d)
+        return n + 4 > b->max - b->len ? KK_ETOOBIG : KK_ENOMEM;
+    size_t o = 0;
+    if (comma)
+        d[o++] = ',';
+    d[o++] = '"';
+    memcpy(d + o, name, n);
+    o += n;
+    d[o++] = '"';
+    d[o++] = ':';
+    kk_buf_commit(b, o);
+    return 0;
+}
+
 static int put_str(struct kk_buf *b, const char *name, const char *v, bool comma)
 {
-    int rc = kk_buf_printf(b, "%s\"%s\":", comma ? "," : "", name);
+    int rc = put_name(b, name, comma);
     if (rc == 0)
         rc = kk_json_string(b, v, strlen(v));
     return rc;
@@ -847,6 +866,117 @@ int kk_kinesis_put_records_output(const struct kk_kinesis_req *r, struct kk_buf 
     return rc;
 }
 
+/* ---- PutRecord answers without cJSON ------------------------------------
+ * The hot path answer is a flat object of plain strings
+ * ({"SequenceNumber":"...","ShardId":"..."}).  Scanning it in place saves
+ * the ~10 allocations of a cJSON tree per request.  Anything else (escapes,
+ * control bytes, non-string values, nesting, bad syntax) returns
+ * FAST_FALLBACK and the general cJSON path decides, so the output is the same
+ * either way. */
+
+#define FAST_FALLBACK 1 /* not a plain answer: use the general path */
+
+struct flat_str {
+    const char *p;
+    size_t n;
+    bool set;  /* first occurrence wins, as cJSON_GetObjectItemCaseSensitive */
+    bool null; /* the value was JSON null */
+};
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* A string without escapes or control bytes; p at the opening quote. */
+static const char *plain_string(const char *p, const char *end, const char **s, size_t *n)
+{
+    if (p >= end || *p != '"')
+        return NULL;
+    const char *q = ++p;
+    while (q < end && *q != '"') {
+        if (*q == '\\' || (unsigned char)*q < 0x20)
+            return NULL;
+        q++;
+    }
+    if (q >= end)
+        return NULL;
+    *s = p;
+    *n = (size_t)(q - p);
+    return q + 1;
+}
+
+static int put_record_output_fast(const char *body, size_t len, struct kk_buf *out)
+{
+    static const char *const names[3] = {"EncryptionType", "SequenceNumber", "ShardId"};
+    struct flat_str v[3];
+    memset(v, 0, sizeof(v));
+    const char *p = body, *end = body + len;
+    p = skip_ws(p, end);
+    if (p >= end || *p++ != '{')
+        return FAST_FALLBACK;
+    p = skip_ws(p, end);
+    if (p < end && *p == '}') {
+        p++;
+    } else {
+        for (;;) {
+            const char *k, *s = NULL;
+            size_t kn, sn = 0;
+            bool null = false;
+            p = plain_string(skip_ws(p, end), end, &k, &kn);
+            if (!p)
+                return FAST_FALLBACK;
+            p = skip_ws(p, end);
+            if (p >= end || *p++ != ':')
+                return FAST_FALLBACK;
+            p = skip_ws(p, end);
+            if (end - p >= 4 && memcmp(p, "null", 4) == 0) {
+                null = true;
+                p += 4;
+            } else {
+                p = plain_string(p, end, &s, &sn);
+                if (!p)
+                    return FAST_FALLBACK;
+            }
+            for (int i = 0; i < 3; i++) {
+                if (!v[i].set && strlen(names[i]) == kn && memcmp(names[i], k, kn) == 0) {
+                    v[i] = (struct flat_str){s, sn, true, null};
+                    break;
+                }
+            }
+            p = skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p++;
+                continue;
+            }
+            if (p < end && *p == '}') {
+                p++;
+                break;
+            }
+            return FAST_FALLBACK;
+        }
+    }
+    /* Only trailing white space: cJSON's verdict on anything else may differ. */
+    if (skip_ws(p, end) != end)
+        return FAST_FALLBACK;
+    size_t start = out->len;
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < 3; i++) {
+        rc = i ? 0 : kk_buf_append_str(out, "{");
+        if (rc == 0)
+            rc = put_name(out, names[i], i > 0);
+        if (rc == 0)
+            rc = v[i].set && !v[i].null ? kk_json_string(out, v[i].p, v[i].n) : kk_buf_append_str(out, "null");
+    }
+    if (rc == 0)
+        rc = kk_buf_append_str(out, "}");
+    if (rc < 0)
+        out->len = start;
+    return rc;
+}
+
 int kk_kinesis_output(struct kk_kinesis_req *r, const char *body, size_t len, struct kk_buf *out,
                       bool *has_data, char **shard_iterator, size_t *failed)
 {
@@ -856,6 +986,14 @@ int kk_kinesis_output(struct kk_kinesis_req *r, const char *body, size_t len, st
     *failed = 0;
     if (r->op == KK_KOP_CREATE_STREAM || r->op == KK_KOP_DELETE_STREAM)
         return 0; /* empty 200 body, no Data in the reply */
+    if (r->op == KK_KOP_PUT_RECORD) {
+        rc = put_record_output_fast(body, len, out);
+        if (rc != FAST_FALLBACK) {
+            *has_data = rc == 0;
+            return rc;
+        }
+        rc = 0;
+    }
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!cJSON_IsObject(root)) {
         rc = KK_EPARSE;

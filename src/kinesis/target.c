@@ -2,11 +2,17 @@
  * credentials provider per binding; ops.c does validation, bodies and
  * outputs, this file does the I/O and the per-request state.
  *
- * Per call (call->priv = struct kcall): the request is validated and its
- * body built on the first attempt only; later attempts reuse the body and
- * its SHA-256 unless PutRecords must resend a subset.  Signing happens in
- * the pool's prepare callback, so the X-Amz-Date is the time of sending,
- * never of queueing. */
+ * Per call (call->priv = struct kcall): the request is validated on the
+ * first attempt only.  The body is not kept per call: it is built, hashed
+ * and signed in the pool's prepare callback, when a connection is free,
+ * into one scratch buffer of the target (the stream copies what the kernel
+ * does not take at once, so the next prepare may reuse it).  A waiting
+ * request thus holds only its decoded data, and the X-Amz-Date is the time
+ * of sending, never of queueing.  PutRecords bodies carry only entries not
+ * yet OK, so a retry after a partial failure sends the failed subset.
+ * Building the body (build_body) and answering one request (on_response)
+ * stay separate steps, so several waiting put_records can later share one
+ * PutRecords body. */
 #include "kk/target.h"
 
 #include <inttypes.h>
@@ -20,8 +26,12 @@
 #include "kk/kinesis.h"
 #include "kk/log.h"
 
+#include "kk/kinesis_sha256.h"
+
 #define OUT_MAX (64u * 1024u * 1024u) /* output JSON: get_records answers are up to ~14 MiB */
 #define ERR_CODES_MAX 48              /* distinct error codes counted (codes are static strings) */
+#define SCRATCH_KEEP (256u * 1024u)   /* a larger body buffer is released before the next body */
+#define SPARE_MAX 1024                /* released call states kept for reuse (no malloc per request) */
 
 struct kcall;
 
@@ -35,9 +45,17 @@ struct ktarget {
     struct kk_sigv4 sig;
     struct kk_kinesis_limits lim;
     size_t body_max;
+    struct kk_buf scratch; /* the body of the send being prepared */
+    /* Output JSON buffer lent to one result at a time (results are read
+     * only during done), so a success allocates nothing for its output. */
+    struct kk_buf outbuf;
+    bool outbuf_lent;
     /* calls whose result is ready but must not be delivered from submit */
     uv_timer_t defer;
     struct kcall *dhead, *dtail;
+    /* released call states, reused by submit (linked through dnext) */
+    struct kcall *spare;
+    unsigned n_spare;
     /* metrics */
     uint64_t attempts[KK_KOP__COUNT];
     uint64_t throttles;
@@ -60,15 +78,13 @@ struct kcall {
     int parse_rc; /* < 0: validation failed, parse_err is the text */
     char *parse_err;
     bool parsed;
-    bool rebuild; /* PutRecords: next attempt sends only failed entries */
     bool in_http;
     bool auth_retried;
-    struct kk_buf body;
-    char sha[65];
+    int build_err; /* the body could not be built at send time (too big) */
     /* deferred completion */
     bool deferred;
     struct kcall *dnext, *dprev;
-    struct kk_result res;
+    struct kk_result *dres; /* the deferred result (rare: heap, so waiting calls stay small) */
 };
 
 static void res_free(struct kk_result *r)
@@ -112,12 +128,22 @@ static void count_error(struct ktarget *t, const char *code, bool throttle)
 
 /* Moves res into the result and delivers it, then frees what the
  * receiver left. */
-static void complete(struct kcall *kc, struct kk_result *res)
+static void complete(struct kcall *kc, struct kk_result *res, bool lent)
 {
     struct kk_target_call *call = kc->call;
+    struct ktarget *t = kc->t;
     if (res->err)
-        count_error(kc->t, res->error_code, false);
+        count_error(t, res->error_code, false);
     call->done(call, res);
+    if (lent) {
+        /* Take the (maybe grown) buffer back unless it got large. */
+        t->outbuf = res->data;
+        kk_buf_reset(&t->outbuf);
+        if (t->outbuf.cap > SCRATCH_KEEP)
+            kk_buf_free(&t->outbuf);
+        t->outbuf_lent = false;
+        memset(&res->data, 0, sizeof(res->data));
+    }
     res_free(res);
 }
 
@@ -139,9 +165,10 @@ static void on_defer(uv_timer_t *h)
             t->dtail = NULL;
         kc->deferred = false;
         kc->dnext = kc->dprev = NULL;
-        struct kk_result res = kc->res;
-        memset(&kc->res, 0, sizeof(kc->res));
-        complete(kc, &res);
+        struct kk_result res = *kc->dres;
+        free(kc->dres);
+        kc->dres = NULL;
+        complete(kc, &res, false);
     }
 }
 
@@ -174,7 +201,11 @@ static void undefer(struct kcall *kc)
         t->dtail = kc->dprev;
     kc->deferred = false;
     kc->dnext = kc->dprev = NULL;
-    res_free(&kc->res);
+    if (kc->dres) {
+        res_free(kc->dres);
+        free(kc->dres);
+        kc->dres = NULL;
+    }
 }
 
 static void set_error(struct kk_result *res, int err, bool retryable, char *text, const char *code)
@@ -187,16 +218,44 @@ static void set_error(struct kk_result *res, int err, bool retryable, char *text
 
 /* ---- one attempt --------------------------------------------------------- */
 
+/* Writes the JSON body of the next send of kc into b (reset by the caller). */
+static int build_body(struct kcall *kc, struct kk_buf *b)
+{
+    return kk_kinesis_body(&kc->r, b);
+}
+
 static int on_prepare(struct kk_http_req *req, struct kk_buf *head)
 {
     struct kcall *kc = req->data;
     struct ktarget *t = kc->t;
+    struct kk_buf *b = &t->scratch;
+    char sha[65];
     const struct kk_aws_creds *creds = kk_aws_creds_get(t->prov);
     if (!creds)
         return KK_ECREDS;
+    /* The previous body was handed to its stream already: reuse the buffer. */
+    if (b->cap > SCRATCH_KEEP)
+        kk_buf_free(b);
+    kk_buf_reset(b);
+    int rc = build_body(kc, b);
+    if (rc < 0) {
+        kc->build_err = rc;
+        return rc;
+    }
+    kk_body_sha256_hex(b->base, b->len, sha);
+    req->body = b->base;
+    req->body_len = b->len;
     /* The date is taken now, when the request leaves, not when it queued. */
-    return kk_sigv4_kinesis_head(&t->sig, creds, t->ep.host_header, kk_kinesis_amz_target(kc->r.op), kc->sha,
-                                 kc->body.len, kk_wall_ms() / 1000, head);
+    return kk_sigv4_kinesis_head(&t->sig, creds, t->ep.host_header, kk_kinesis_amz_target(kc->r.op), sha,
+                                 b->len, kk_wall_ms() / 1000, head);
+}
+
+/* The error of a body that could not be built (validation, not transport). */
+static void set_build_error(struct kk_result *res, int rc)
+{
+    set_error(res, rc, false,
+              sdup(rc == KK_ETOOBIG ? "request body exceeds max_request_bytes" : kk_strerror(rc)),
+              rc == KK_ETOOBIG ? "InvalidParameter" : kk_errname(rc));
 }
 
 static void on_response(struct kk_http_req *req, int status, const struct kk_http_response *resp);
@@ -206,9 +265,10 @@ static int send_attempt(struct kcall *kc)
     struct ktarget *t = kc->t;
     kc->http.prepare = on_prepare;
     kc->http.on_response = on_response;
-    kc->http.body = kc->body.base;
-    kc->http.body_len = kc->body.len;
+    kc->http.body = NULL; /* set by on_prepare */
+    kc->http.body_len = 0;
     kc->http.data = kc;
+    kc->build_err = 0;
     t->attempts[kc->r.op]++;
     int rc = kk_http_pool_submit(t->pool, &kc->http);
     if (rc == 0)
@@ -224,21 +284,31 @@ static void finish_error(struct kcall *kc, struct kk_result *res, struct kk_kine
         kc->t->throttles++;
 }
 
-static void on_success(struct kcall *kc, const struct kk_http_response *resp, struct kk_result *res)
+/* Returns true when res->data is the target's lent outbuf. */
+static bool on_success(struct kcall *kc, const struct kk_http_response *resp, struct kk_result *res)
 {
+    struct ktarget *t = kc->t;
     struct kk_kinesis_req *r = &kc->r;
     bool has_data = false;
     char *iter = NULL;
     size_t failed = 0;
-    kk_buf_init(&res->data, OUT_MAX);
+    bool lent = !t->outbuf_lent;
+    if (lent) {
+        t->outbuf_lent = true;
+        res->data = t->outbuf;
+        memset(&t->outbuf, 0, sizeof(t->outbuf));
+        res->data.max = OUT_MAX;
+    } else {
+        kk_buf_init(&res->data, OUT_MAX);
+    }
     int rc = kk_kinesis_output(r, resp->body, resp->body_len, &res->data, &has_data, &iter, &failed);
     if (rc < 0) {
-        kk_buf_free(&res->data);
+        kk_buf_reset(&res->data);
         set_error(
             res, rc, false,
             sdup(rc == KK_EPARSE ? "SerializationError: failed decoding Kinesis response" : kk_strerror(rc)),
             "SerializationError");
-        return;
+        return lent;
     }
     if (r->op == KK_KOP_PUT_RECORDS) {
         const struct kk_kinesis_entry *e = kk_kinesis_first_failed(r);
@@ -247,24 +317,25 @@ static void on_success(struct kcall *kc, const struct kk_http_response *resp, st
         if (throttle)
             kc->t->throttles++;
         if (failed > 0 && cls == KK_KCLASS_RETRYABLE && kc->call->attempt + 1 < kc->call->max_attempts) {
-            /* Only the failed entries go out next time; successes are kept. */
-            kc->rebuild = true;
+            /* Only the failed entries go out next time (the body is built
+             * from the entries' states at send time); successes are kept. */
             char *text = NULL;
             if (asprintf(&text, "%s: %s (%zu of %zu records failed)", e->err_code,
                          e->err_msg ? e->err_msg : "", failed, r->n_entries) < 0)
                 text = NULL;
             set_error(res, KK_EAWS, true, text,
                       throttle ? "ProvisionedThroughputExceededException" : "InternalFailure");
-            return;
+            return lent;
         }
         rc = kk_kinesis_put_records_output(r, &res->data);
         if (rc < 0) {
+            kk_buf_reset(&res->data);
             set_error(res, rc, false, NULL, kk_errname(rc));
-            return;
+            return lent;
         }
         res->partial = failed > 0;
         res->has_data = true;
-        return;
+        return lent;
     }
     res->has_data = has_data;
     if (iter) {
@@ -272,6 +343,7 @@ static void on_success(struct kcall *kc, const struct kk_http_response *resp, st
         res->md[0].value = iter;
         res->n_md = 1;
     }
+    return lent;
 }
 
 static void on_response(struct kk_http_req *req, int status, const struct kk_http_response *resp)
@@ -280,14 +352,17 @@ static void on_response(struct kk_http_req *req, int status, const struct kk_htt
     struct ktarget *t = kc->t;
     struct kk_result res;
     struct kk_kinesis_error ke;
+    bool lent = false;
     memset(&res, 0, sizeof(res));
     kc->in_http = false;
-    if (status < 0) {
+    if (status < 0 && kc->build_err) {
+        set_build_error(&res, kc->build_err);
+    } else if (status < 0) {
         kk_kinesis_error_transport(status, &ke);
         finish_error(kc, &res, &ke, status);
         KK_DEBUG(t->binding, "kinesis %s: %s", kk_kinesis_method_name(kc->r.op), res.error);
     } else if (resp->status >= 200 && resp->status < 300) {
-        on_success(kc, resp, &res);
+        lent = on_success(kc, resp, &res);
     } else {
         kk_kinesis_error_parse(resp->status, resp->body, resp->body_len, resp->error_type, &ke);
         if (ke.cls == KK_KCLASS_AUTH && !kc->auth_retried && !t->closing) {
@@ -303,7 +378,7 @@ static void on_response(struct kk_http_req *req, int status, const struct kk_htt
         finish_error(kc, &res, &ke, KK_EAWS);
         res.retryable = ke.cls == KK_KCLASS_RETRYABLE;
     }
-    complete(kc, &res);
+    complete(kc, &res, lent);
 }
 
 /* ---- vtable -------------------------------------------------------------- */
@@ -312,56 +387,56 @@ static int k_submit(struct kk_target *base, struct kk_target_call *call)
 {
     struct ktarget *t = (struct ktarget *)base;
     struct kcall *kc = call->priv;
+    struct kk_result res;
     int rc = 0;
+    memset(&res, 0, sizeof(res));
     if (t->closing)
         return KK_ESHUTDOWN; /* no loop turn left to answer on */
     if (!kc) {
-        kc = calloc(1, sizeof(*kc));
+        kc = t->spare;
+        if (kc) {
+            t->spare = kc->dnext;
+            t->n_spare--;
+            memset(kc, 0, sizeof(*kc));
+        } else {
+            kc = calloc(1, sizeof(*kc));
+        }
         if (!kc)
             return KK_ENOMEM;
         kc->t = t;
-        kk_buf_init(&kc->body, t->body_max);
         call->priv = kc;
     }
     kc->call = call;
     if (!kc->parsed) {
         kc->parsed = true;
         kc->parse_rc = kk_kinesis_req_parse(&kc->r, call->req, &t->lim, &kc->parse_err);
-        if (kc->parse_rc == 0) {
-            rc = kk_kinesis_body(&kc->r, &kc->body);
-            if (rc < 0) {
-                kc->parse_rc = rc;
-                kc->parse_err =
-                    sdup(rc == KK_ETOOBIG ? "request body exceeds max_request_bytes" : kk_strerror(rc));
-            } else {
-                kk_sha256_hex(kc->body.base, kc->body.len, kc->sha);
-            }
-        }
     }
     if (kc->parse_rc < 0) {
-        set_error(&kc->res, kc->parse_rc, false, kc->parse_err ? sdup(kc->parse_err) : NULL,
+        set_error(&res, kc->parse_rc, false, kc->parse_err ? sdup(kc->parse_err) : NULL,
                   "InvalidParameter");
         goto deferred;
-    }
-    if (kc->rebuild) {
-        kc->rebuild = false;
-        kk_buf_reset(&kc->body);
-        rc = kk_kinesis_body(&kc->r, &kc->body);
-        if (rc < 0) {
-            set_error(&kc->res, rc, false, NULL, kk_errname(rc));
-            goto deferred;
-        }
-        kk_sha256_hex(kc->body.base, kc->body.len, kc->sha);
     }
     rc = send_attempt(kc);
     if (rc == 0)
         return 0;
+    if (kc->build_err) {
+        /* A connection was free at once and the body could not be built. */
+        set_build_error(&res, kc->build_err);
+        goto deferred;
+    }
     {
         struct kk_kinesis_error ke;
         kk_kinesis_error_transport(rc, &ke);
-        set_error(&kc->res, rc, ke.cls == KK_KCLASS_RETRYABLE, ke.text, ke.code);
+        set_error(&res, rc, ke.cls == KK_KCLASS_RETRYABLE, ke.text, ke.code);
     }
 deferred:
+    /* Delivered from the loop; held on the heap meanwhile. */
+    kc->dres = malloc(sizeof(*kc->dres));
+    if (!kc->dres) {
+        res_free(&res);
+        return KK_ENOMEM;
+    }
+    *kc->dres = res;
     defer_result(kc);
     return 0;
 }
@@ -381,15 +456,21 @@ static void k_cancel(struct kk_target *base, struct kk_target_call *call)
 
 static void k_release(struct kk_target *base, struct kk_target_call *call)
 {
+    struct ktarget *t = (struct ktarget *)base;
     struct kcall *kc = call->priv;
     if (!kc)
         return;
     k_cancel(base, call);
     kk_kinesis_req_free(&kc->r);
-    kk_buf_free(&kc->body);
     free(kc->parse_err);
-    free(kc);
     call->priv = NULL;
+    if (t->n_spare < SPARE_MAX && !t->closing) {
+        kc->dnext = t->spare;
+        t->spare = kc;
+        t->n_spare++;
+    } else {
+        free(kc);
+    }
 }
 
 static bool k_ready(struct kk_target *base, const char **why)
@@ -444,8 +525,15 @@ static void k_metrics(struct kk_target *base, const char *binding_raw, struct kk
 
 static void target_free(struct ktarget *t)
 {
+    while (t->spare) {
+        struct kcall *kc = t->spare;
+        t->spare = kc->dnext;
+        free(kc);
+    }
     if (t->prov)
         kk_aws_provider_free(t->prov);
+    kk_buf_free(&t->scratch);
+    kk_buf_free(&t->outbuf);
     free(t->binding);
     free(t);
 }
@@ -514,6 +602,7 @@ int kk_kinesis_target_create(uv_loop_t *loop, const struct kk_spec *spec, const 
     size_t big = t->lim.max_request_bytes > t->lim.max_record_bytes ? t->lim.max_request_bytes
                                                                     : t->lim.max_record_bytes;
     t->body_max = big / 3 * 4 + 16 + KK_KINESIS_MAX_ENTRIES * (6 * 256 + 128);
+    kk_buf_init(&t->scratch, t->body_max);
 
     rc = kk_aws_endpoint_resolve(p, &t->ep, err, errlen);
     if (rc < 0)

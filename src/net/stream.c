@@ -1,7 +1,12 @@
 /* Client byte stream: DNS + TCP connect, optional TLS (mbedTLS 2.28) over libuv.
  *
- * One allocation per stream holds the handles, the 64 KiB read buffer and the
- * 16 KiB plaintext buffer; output buffers grow on demand up to a hard cap.
+ * One allocation per stream holds the handles; output buffers grow on demand
+ * up to a hard cap.  Reads go into one 64 KiB buffer per thread, shared by
+ * every stream: libuv calls alloc and read back to back for one stream and
+ * the bytes are consumed inside the read callback (handed to the user, or
+ * for TLS decrypted into the equally shared plaintext buffer, leftovers
+ * copied to the stream's own rx).  A stream therefore costs no read memory
+ * while idle or waiting, which matters with thousands of pooled connections.
  * The stream counts what the loop still references (timer, tcp handle,
  * getaddrinfo request) and frees itself when the count drops to zero after
  * kk_stream_close.  Memory therefore stays valid during any callback even if
@@ -41,7 +46,7 @@
 #define RX_MAX (2 * READ_BUF_SIZE)
 /* A drained output buffer larger than this is released rather than kept, so
  * an idle pooled connection does not hold on to its largest request. */
-#define OUT_KEEP (256 * 1024)
+#define OUT_KEEP (16 * 1024)
 #define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 #define MAX_ALPN 4
 #define HOST_MAX 255
@@ -74,13 +79,13 @@ struct kk_stream {
     uv_loop_t *loop;
     uv_tcp_t tcp;
     uv_timer_t timer; /* connect timeout, later the deferred TLS read pump */
-    uv_getaddrinfo_t gai;
+    uv_getaddrinfo_t *gai; /* only while a name is resolved (numeric hosts skip it) */
     uv_connect_t creq;
     uv_write_t wreq;
     struct kk_stream_cbs cbs;
     void *user;
     struct kk_tls_ctx *tls;
-    mbedtls_ssl_context ssl;
+    mbedtls_ssl_context *ssl; /* TLS only: a plaintext stream carries none of it */
 
     enum stream_state state;
     int refs;     /* open handles + pending getaddrinfo */
@@ -112,10 +117,15 @@ struct kk_stream {
     bool full_handshake;  /* the server sent its certificate: not resumed */
     char alpn[32];
     uint16_t port;
-    char host[HOST_MAX + 1];
-    char rbuf[READ_BUF_SIZE];
-    unsigned char pbuf[PLAIN_BUF_SIZE];
+    char host[]; /* NUL-terminated, allocated with the stream */
 };
+
+/* Per-thread read buffers (see the top of the file).  tls_pump never nests
+ * (it runs only from loop callbacks, and on_read upcalls cannot start a pump
+ * synchronously), so one plaintext buffer is enough; pbuf_busy checks it. */
+static __thread char rbuf[READ_BUF_SIZE];
+static __thread unsigned char pbuf[PLAIN_BUF_SIZE];
+static __thread bool pbuf_busy;
 
 static void flush(struct kk_stream *s);
 static void tls_pump(struct kk_stream *s);
@@ -290,7 +300,11 @@ static void maybe_free(struct kk_stream *s)
     if (s->ai_list)
         uv_freeaddrinfo(s->ai_list);
     s->ai_list = NULL;
-    mbedtls_ssl_free(&s->ssl);
+    if (s->ssl) {
+        mbedtls_ssl_free(s->ssl);
+        free(s->ssl);
+        s->ssl = NULL;
+    }
     kk_buf_free(&s->out);
     kk_buf_free(&s->fly);
     kk_buf_free(&s->pre);
@@ -314,7 +328,7 @@ static void close_handles(struct kk_stream *s)
     if (!uv_is_closing((uv_handle_t *)&s->timer))
         uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     if (s->gai_pending)
-        uv_cancel((uv_req_t *)&s->gai);
+        uv_cancel((uv_req_t *)s->gai);
 }
 
 void kk_stream_close(struct kk_stream *s)
@@ -325,7 +339,7 @@ void kk_stream_close(struct kk_stream *s)
     if (s->tls && s->state == ST_OPEN && !s->write_active) {
         /* Best effort: the alert goes out only if the kernel takes it now. */
         size_t before = s->out.len;
-        mbedtls_ssl_close_notify(&s->ssl);
+        mbedtls_ssl_close_notify(s->ssl);
         if (s->out.len > before && s->out_off < s->out.len) {
             uv_buf_t b = uv_buf_init(s->out.base + s->out_off, (unsigned)(s->out.len - s->out_off));
             uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
@@ -346,7 +360,7 @@ static void fail_connect(struct kk_stream *s, int err)
         s->uv_reading = false;
     }
     if (s->gai_pending)
-        uv_cancel((uv_req_t *)&s->gai);
+        uv_cancel((uv_req_t *)s->gai);
     s->cbs.on_connect(s, err);
 }
 
@@ -373,7 +387,7 @@ static int mbed_to_kk(struct kk_stream *s, int m, const char *what)
 {
     if (m == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
         char info[256] = "";
-        uint32_t flags = mbedtls_ssl_get_verify_result(&s->ssl);
+        uint32_t flags = mbedtls_ssl_get_verify_result(s->ssl);
         mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
         /* The verify text is one or more "reason\n" lines; make them one line. */
         for (char *p = info; *p; p++)
@@ -439,7 +453,7 @@ static void save_session(struct kk_stream *s)
     s->resumed = s->offered_session && !s->full_handshake;
     mbedtls_ssl_session_free(&c->session);
     mbedtls_ssl_session_init(&c->session);
-    c->have_session = mbedtls_ssl_get_session(&s->ssl, &c->session) == 0;
+    c->have_session = mbedtls_ssl_get_session(s->ssl, &c->session) == 0;
     if (c->have_session)
         snprintf(c->session_host, sizeof(c->session_host), "%s", c->server_name ? c->server_name : s->host);
 }
@@ -450,9 +464,9 @@ static void handshake_step(struct kk_stream *s)
      * server took the full path through its Certificate message; with tickets
      * the session id cannot tell, as the client sends a fresh random one. */
     int m = 0;
-    while (s->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
-        m = mbedtls_ssl_handshake_step(&s->ssl);
-        if (s->ssl.state == MBEDTLS_SSL_SERVER_CERTIFICATE)
+    while (s->ssl->state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+        m = mbedtls_ssl_handshake_step(s->ssl);
+        if (s->ssl->state == MBEDTLS_SSL_SERVER_CERTIFICATE)
             s->full_handshake = true;
         if (m)
             break;
@@ -466,12 +480,12 @@ static void handshake_step(struct kk_stream *s)
         fail_connect(s, mbed_to_kk(s, m, "handshake with"));
         return;
     }
-    const char *proto = mbedtls_ssl_get_alpn_protocol(&s->ssl);
+    const char *proto = mbedtls_ssl_get_alpn_protocol(s->ssl);
     if (proto)
         snprintf(s->alpn, sizeof(s->alpn), "%s", proto);
     save_session(s);
-    KK_DEBUG(SCOPE, "tls to %s:%u: %s %s%s%s", s->host, s->port, mbedtls_ssl_get_version(&s->ssl),
-             mbedtls_ssl_get_ciphersuite(&s->ssl), s->resumed ? " resumed" : "", proto ? " alpn " : "");
+    KK_DEBUG(SCOPE, "tls to %s:%u: %s %s%s%s", s->host, s->port, mbedtls_ssl_get_version(s->ssl),
+             mbedtls_ssl_get_ciphersuite(s->ssl), s->resumed ? " resumed" : "", proto ? " alpn " : "");
     uv_timer_stop(&s->timer);
     s->state = ST_OPEN;
     if (s->pre.len > 0) {
@@ -501,15 +515,25 @@ static void tls_pump(struct kk_stream *s)
     if (s->in_pump)
         return;
     s->in_pump = true;
+    /* A nested pump (of another stream, from inside an upcall) would clobber
+     * the shared buffer that the outer on_read is still reading: it uses a
+     * small stack buffer instead.  Not expected to happen; kept safe. */
+    unsigned char small[1024];
+    bool own = !pbuf_busy;
+    unsigned char *pb = own ? pbuf : small;
+    size_t pn = own ? sizeof(pbuf) : sizeof(small);
+    pbuf_busy = true;
     while (!s->closing && s->state == ST_OPEN && s->reading) {
-        int n = mbedtls_ssl_read(&s->ssl, s->pbuf, sizeof(s->pbuf));
+        int n = mbedtls_ssl_read(s->ssl, pb, pn);
         if (n > 0) {
-            s->cbs.on_read(s, (const char *)s->pbuf, n);
+            s->cbs.on_read(s, (const char *)pb, n);
             continue;
         }
         if (n == MBEDTLS_ERR_SSL_WANT_READ || n == MBEDTLS_ERR_SSL_WANT_WRITE)
             break;
         s->in_pump = false;
+        if (own)
+            pbuf_busy = false;
         if (n == 0 || n == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
             fail_stream(s, UV_EOF);
         else
@@ -517,6 +541,8 @@ static void tls_pump(struct kk_stream *s)
         return;
     }
     s->in_pump = false;
+    if (own)
+        pbuf_busy = false;
     if (!s->closing)
         flush(s);
 }
@@ -525,9 +551,10 @@ static void tls_pump(struct kk_stream *s)
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
-    struct kk_stream *s = h->data;
-    buf->base = s->rbuf;
-    buf->len = sizeof(s->rbuf);
+    (void)h;
+    (void)hint;
+    buf->base = rbuf;
+    buf->len = sizeof(rbuf);
 }
 
 static void on_tcp_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -611,8 +638,8 @@ void kk_stream_read_start(struct kk_stream *s)
     /* Decrypted or queued input from before the pause: deliver it from the
      * loop, not from inside this call. */
     if (s->tls && s->state == ST_OPEN &&
-        (s->rx.len > s->rx_off || mbedtls_ssl_get_bytes_avail(&s->ssl) > 0 ||
-         mbedtls_ssl_check_pending(&s->ssl)))
+        (s->rx.len > s->rx_off || mbedtls_ssl_get_bytes_avail(s->ssl) > 0 ||
+         mbedtls_ssl_check_pending(s->ssl)))
         uv_timer_start(&s->timer, on_timer, 0, 0);
 }
 
@@ -753,7 +780,7 @@ int kk_stream_write(struct kk_stream *s, const uv_buf_t bufs[], unsigned nbufs)
     }
     /* TLS: records are appended to out by bio_send.  Check the cap first so a
      * record is never cut in half (mbedTLS cannot take back a partial write). */
-    int exp = mbedtls_ssl_get_record_expansion(&s->ssl);
+    int exp = mbedtls_ssl_get_record_expansion(s->ssl);
     size_t per = exp > 0 ? (size_t)exp : 256;
     size_t need = total + (total / PLAIN_BUF_SIZE + nbufs + 1) * per;
     if (need > s->out.max - s->out.len)
@@ -762,7 +789,7 @@ int kk_stream_write(struct kk_stream *s, const uv_buf_t bufs[], unsigned nbufs)
         const unsigned char *p = (const unsigned char *)bufs[i].base;
         size_t left = bufs[i].len;
         while (left > 0) {
-            int n = mbedtls_ssl_write(&s->ssl, p, left);
+            int n = mbedtls_ssl_write(s->ssl, p, left);
             if (n < 0) {
                 /* The TLS session is unusable now: report through on_read. */
                 fail_later(s, mbed_to_kk(s, n, "write to"));
@@ -824,15 +851,15 @@ static void on_timer(uv_timer_t *t)
 static int tls_start(struct kk_stream *s)
 {
     struct kk_tls_ctx *c = s->tls;
-    int m = mbedtls_ssl_setup(&s->ssl, &c->conf);
+    int m = mbedtls_ssl_setup(s->ssl, &c->conf);
     if (m == 0)
-        m = mbedtls_ssl_set_hostname(&s->ssl, c->server_name ? c->server_name : s->host);
+        m = mbedtls_ssl_set_hostname(s->ssl, c->server_name ? c->server_name : s->host);
     if (m)
         return mbed_to_kk(s, m, "setup for");
-    mbedtls_ssl_set_bio(&s->ssl, s, bio_send, bio_recv, NULL);
+    mbedtls_ssl_set_bio(s->ssl, s, bio_send, bio_recv, NULL);
     const char *name = c->server_name ? c->server_name : s->host;
     if (c->have_session && strcmp(c->session_host, name) == 0)
-        s->offered_session = mbedtls_ssl_set_session(&s->ssl, &c->session) == 0;
+        s->offered_session = mbedtls_ssl_set_session(s->ssl, &c->session) == 0;
     return 0;
 }
 
@@ -925,6 +952,8 @@ static void on_tcp_closed_retry(uv_handle_t *h)
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct kk_stream *s = req->data;
+    free(s->gai);
+    s->gai = NULL;
     s->gai_pending = false;
     s->refs--;
     if (s->closing) {
@@ -959,24 +988,36 @@ int kk_stream_connect(uv_loop_t *loop, const char *host, uint16_t port, struct k
         return KK_EINVAL;
     if (strlen(host) > HOST_MAX)
         return KK_EINVAL;
-    struct kk_stream *s = calloc(1, sizeof(*s));
+    size_t hlen = strlen(host);
+    struct kk_stream *s = calloc(1, sizeof(*s) + hlen + 1);
     if (!s)
         return KK_ENOMEM;
+    if (tls) {
+        s->ssl = malloc(sizeof(*s->ssl));
+        if (!s->ssl) {
+            free(s);
+            return KK_ENOMEM;
+        }
+        mbedtls_ssl_init(s->ssl);
+    }
     s->loop = loop;
     s->cbs = *cbs;
     s->user = user;
     s->tls = tls;
     s->port = port;
     s->reading = true;
-    snprintf(s->host, sizeof(s->host), "%s", host);
+    memcpy(s->host, host, hlen + 1);
     kk_buf_init(&s->out, OUT_MAX);
     kk_buf_init(&s->fly, OUT_MAX);
     kk_buf_init(&s->pre, OUT_MAX);
     kk_buf_init(&s->rx, RX_MAX);
-    mbedtls_ssl_init(&s->ssl);
 
     rv = uv_timer_init(loop, &s->timer);
     if (rv < 0) {
+        if (s->ssl) {
+            mbedtls_ssl_free(s->ssl);
+            free(s->ssl);
+        }
         free(s);
         return rv;
     }
@@ -996,11 +1037,19 @@ int kk_stream_connect(uv_loop_t *loop, const char *host, uint16_t port, struct k
         snprintf(service, sizeof(service), "%u", port);
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
         s->state = ST_RESOLVING;
-        s->gai.data = s;
-        rv = uv_getaddrinfo(loop, &s->gai, on_resolved, host, service, &hints);
+        s->gai = malloc(sizeof(*s->gai));
+        if (!s->gai) {
+            rv = KK_ENOMEM;
+        } else {
+            s->gai->data = s;
+            rv = uv_getaddrinfo(loop, s->gai, on_resolved, host, service, &hints);
+        }
         if (rv == 0) {
             s->gai_pending = true;
             s->refs++;
+        } else {
+            free(s->gai);
+            s->gai = NULL;
         }
     }
     if (rv < 0) {
