@@ -94,7 +94,8 @@ struct kk_kinesis_req {
 
 /* Validates req for the method in its metadata (default "put").  On error
  * returns KK_EINVAL and *err = the exact kubemq-targets / SDK text (heap,
- * caller frees).  On success r must later go to kk_kinesis_req_free. */
+ * caller frees).  Either way r must later go to kk_kinesis_req_free
+ * (a failed parse may leave entries allocated). */
 int kk_kinesis_req_parse(struct kk_kinesis_req *r, const struct kk_request *req,
                          const struct kk_kinesis_limits *lim, char **err);
 void kk_kinesis_req_free(struct kk_kinesis_req *r);

@@ -327,9 +327,11 @@ int kk_kinesis_req_parse(struct kk_kinesis_req *r, const struct kk_request *req,
                 int64_t ns;
                 char *end;
                 double sec = strtod(ts, &end);
-                if (end != ts && *end == '\0' && isfinite(sec) && sec >= 0) {
+                /* Kinesis takes epoch seconds >= 0; bound them so the
+                 * milliseconds fit and print as a plain decimal. */
+                if (end != ts && *end == '\0' && isfinite(sec) && sec >= 0 && sec < 1e13) {
                     r->timestamp_ms = (int64_t)llround(sec * 1000.0);
-                } else if (kk_parse_rfc3339(ts, &ns) == 0) {
+                } else if (kk_parse_rfc3339(ts, &ns) == 0 && ns >= 0) {
                     r->timestamp_ms = ns / 1000000;
                 } else {
                     return fail(
@@ -721,11 +723,18 @@ static int emit_value(struct kk_buf *b, const cJSON *v, const struct field *f)
         return emit_str(b, v);
     case F_BLOB:
         /* Kinesis sends standard base64; Go decodes and re-encodes it the same way. */
+        /* Only valid base64 passes through (it needs no escaping); anything
+         * else from the endpoint must not reach the reply JSON verbatim. */
         if (!cJSON_IsString(v))
+            return kk_buf_append_str(b, "null");
+        size_t bad, len = strlen(v->valuestring);
+        if (b64_check(v->valuestring, len, &bad) < 0)
             return kk_buf_append_str(b, "null");
         return kk_buf_printf(b, "\"%s\"", v->valuestring);
     case F_INT:
-        if (!cJSON_IsNumber(v))
+        /* Beyond 2^53 a double is no longer an exact integer (and casting
+         * 1e300 is undefined): such an answer is not a count. */
+        if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) < 9e15))
             return kk_buf_append_str(b, "null");
         return kk_buf_printf(b, "%lld", (long long)v->valuedouble);
     case F_BOOL:
@@ -733,7 +742,7 @@ static int emit_value(struct kk_buf *b, const cJSON *v, const struct field *f)
             return kk_buf_append_str(b, "null");
         return kk_buf_append_str(b, cJSON_IsTrue(v) ? "true" : "false");
     case F_TIME: {
-        if (!cJSON_IsNumber(v))
+        if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) < 9e12))
             return kk_buf_append_str(b, "null");
         /* aws-sdk-go: whole seconds + the fraction rounded to milliseconds. */
         double d = v->valuedouble;

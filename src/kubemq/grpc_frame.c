@@ -243,5 +243,5 @@ void kk_grpc_timeout_format(uint32_t ms, char out[16])
     if (ms <= 99999999u)
         snprintf(out, 16, "%um", ms);
     else
-        snprintf(out, 16, "%uS", (ms + 999) / 1000);
+        snprintf(out, 16, "%uS", ms / 1000u + (ms % 1000u != 0)); /* rounds up without wrapping */
 }
