@@ -42,7 +42,7 @@ struct kk_tls_opts {
     const char *ca_file;     /* NULL: the system bundle (/etc/ssl/certs/ca-certificates.crt) */
     const char *cert_file;   /* client certificate (PEM), optional */
     const char *key_file;    /* its key (PEM), optional */
-    const char *server_name; /* SNI + hostname check; NULL: the connect host */
+    const char *server_name; /* SNI + name check; NULL: the connect host (see below for IPs) */
     bool insecure_skip_verify; /* default false: verification is on */
     const char *alpn;        /* e.g. "h2" or "http/1.1"; NULL: no ALPN */
 };
@@ -51,9 +51,13 @@ struct kk_tls_opts {
  * CA chain and client cert parsed once, session cache for resumption (the
  * last session, offered again only to the same server name).  TLS >= 1.2.
  *
- * Hostname check (mbedTLS 2.28): the name is matched against DNS SANs and
- * the CN only, never IP SANs; to connect to an IP address with verification,
- * the certificate needs a DNS SAN spelling the IP, or set server_name.
+ * Name check: the name checked is server_name if set, else the connect host.
+ * A DNS name is matched by mbedTLS against dNSName SANs and the CN, and sent
+ * as SNI.  An IPv4 or IPv6 literal ("10.0.0.5", "::1", "[::1]") is matched
+ * only against the leaf's iPAddress SANs, byte for byte (an IPv4 address and
+ * its ::ffff: mapped form are equal), never against dNSName or CN, and no
+ * SNI is sent (RFC 6066 §3).  A mismatch fails with KK_ETLS_VERIFY.  With
+ * insecure_skip_verify nothing is checked.
  *
  * err (optional) receives a one-line reason (file paths, never key bytes).
  * The ctx must outlive every stream that uses it. */

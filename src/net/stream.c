@@ -27,6 +27,7 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h> /* MBEDTLS_X509_EXT_* expand to MBEDTLS_OID_X509_EXT_* */
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
@@ -113,6 +114,11 @@ struct kk_stream {
     const unsigned char *in_p; /* TLS: what the BIO recv callback reads next */
     size_t in_n;
 
+    /* TLS to an IP literal: the address the leaf must list as an iPAddress
+     * SAN (4 or 16 bytes); vip_len 0 means mbedTLS checks the DNS name. */
+    uint8_t vip[16];
+    uint8_t vip_len;
+    bool vip_mismatch;    /* the verify callback found no matching iPAddress */
     bool offered_session; /* a saved session went into the ClientHello */
     bool full_handshake;  /* the server sent its certificate: not resumed */
     char alpn[32];
@@ -393,7 +399,10 @@ static int mbed_to_kk(struct kk_stream *s, int m, const char *what)
         for (char *p = info; *p; p++)
             if (*p == '\n')
                 *p = (p[1] ? ';' : '\0');
-        KK_WARN(SCOPE, "tls %s %s:%u: certificate verification failed: %s", what, s->host, s->port, info);
+        /* mbedTLS words an IP mismatch as a CN mismatch; say what was looked for. */
+        const char *ipname = s->tls->server_name ? s->tls->server_name : s->host;
+        KK_WARN(SCOPE, "tls %s %s:%u: certificate verification failed: %s%s%s", what, s->host, s->port, info,
+                s->vip_mismatch ? "; no subjectAltName iPAddress is " : "", s->vip_mismatch ? ipname : "");
         return KK_ETLS_VERIFY;
     }
     char msg[128];
@@ -848,16 +857,90 @@ static void on_timer(uv_timer_t *t)
     fail_connect(s, KK_ETIMEOUT);
 }
 
+/* The address in name if it is an IPv4 or IPv6 literal ("[v6]" and a
+ * "%zone" suffix accepted): returns 4 or 16 with the bytes in ip, else 0. */
+static uint8_t ip_literal(const char *name, uint8_t ip[16])
+{
+    char tmp[64];
+    size_t n = strlen(name);
+    if (n >= 2 && name[0] == '[' && name[n - 1] == ']') {
+        name++;
+        n -= 2;
+    }
+    if (n == 0 || n >= sizeof(tmp))
+        return 0;
+    memcpy(tmp, name, n);
+    tmp[n] = '\0';
+    if (uv_inet_pton(AF_INET, tmp, ip) == 0)
+        return 4;
+    char *zone = strchr(tmp, '%');
+    if (zone)
+        *zone = '\0';
+    if (uv_inet_pton(AF_INET6, tmp, ip) == 0)
+        return 16;
+    return 0;
+}
+
+/* The IPv4 address inside an IPv4-mapped IPv6 one (::ffff:a.b.c.d), or NULL. */
+static const uint8_t *v4_in_v6(const uint8_t *a, size_t len)
+{
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return len == 16 && memcmp(a, prefix, sizeof(prefix)) == 0 ? a + 12 : NULL;
+}
+
+/* Whether the certificate lists addr as a subjectAltName iPAddress.  mbedTLS
+ * 2.28 keeps every GeneralName in subject_alt_names with its tag; iPAddress
+ * is the primitive context-specific [7], holding the address in network
+ * order (RFC 5280 §4.2.1.6).  As in Go's crypto/x509 (kubemq-targets), an
+ * IPv4 address and its IPv4-mapped IPv6 form are the same address. */
+static bool cert_has_ip(const mbedtls_x509_crt *crt, const uint8_t *addr, size_t len)
+{
+    if (!(crt->ext_types & MBEDTLS_X509_EXT_SUBJECT_ALT_NAME))
+        return false;
+    const uint8_t *v4 = len == 4 ? addr : v4_in_v6(addr, len);
+    for (const mbedtls_x509_sequence *cur = &crt->subject_alt_names; cur; cur = cur->next) {
+        const mbedtls_x509_buf *b = &cur->buf;
+        if (b->tag != (MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_IP_ADDRESS))
+            continue;
+        if (b->len == len && memcmp(b->p, addr, len) == 0)
+            return true;
+        const uint8_t *bv4 = b->len == 4 ? b->p : v4_in_v6(b->p, b->len);
+        if (v4 && bv4 && memcmp(v4, bv4, 4) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Verify callback for IP-literal hosts.  mbedTLS 2.28 matches the expected
+ * name against dNSName SANs and the CN only, so the name is not given to it
+ * (which also keeps the literal out of SNI, RFC 6066 §3); the leaf's IP SANs
+ * are checked here instead.  Chain results in *flags are kept as they are:
+ * this only adds the name mismatch. */
+static int on_verify_ip(void *ctx, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
+{
+    struct kk_stream *s = ctx;
+    if (depth == 0 && !cert_has_ip(crt, s->vip, s->vip_len)) {
+        *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+        s->vip_mismatch = true;
+    }
+    return 0;
+}
+
 static int tls_start(struct kk_stream *s)
 {
     struct kk_tls_ctx *c = s->tls;
+    const char *name = c->server_name ? c->server_name : s->host;
     int m = mbedtls_ssl_setup(s->ssl, &c->conf);
-    if (m == 0)
-        m = mbedtls_ssl_set_hostname(s->ssl, c->server_name ? c->server_name : s->host);
+    if (m == 0) {
+        s->vip_len = ip_literal(name, s->vip);
+        if (s->vip_len)
+            mbedtls_ssl_set_verify(s->ssl, on_verify_ip, s);
+        else
+            m = mbedtls_ssl_set_hostname(s->ssl, name);
+    }
     if (m)
         return mbed_to_kk(s, m, "setup for");
     mbedtls_ssl_set_bio(s->ssl, s, bio_send, bio_recv, NULL);
-    const char *name = c->server_name ? c->server_name : s->host;
     if (c->have_session && strcmp(c->session_host, name) == 0)
         s->offered_session = mbedtls_ssl_set_session(s->ssl, &c->session) == 0;
     return 0;

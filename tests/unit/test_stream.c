@@ -433,6 +433,9 @@ static void test_connect_sync_errors(void **state)
 
 static char tmpdir[64];
 static char ca_pem[128], ca2_pem[128], srv_pem[128], srv_key[128], cli_pem[128], cli_key[128];
+/* IP-address certificates: ip4 lists only IP:127.0.0.1, ip6 only IP:::1, and
+ * nip spells 127.0.0.1 as CN and dNSName but lists IP:127.0.0.2. */
+static char ip4_pem[128], ip4_key[128], ip6_pem[128], ip6_key[128], nip_pem[128], nip_key[128];
 
 static int sh(const char *fmt, ...)
 {
@@ -455,6 +458,12 @@ static int tls_setup(void **state)
     snprintf(srv_key, sizeof(srv_key), "%s/srv.key", tmpdir);
     snprintf(cli_pem, sizeof(cli_pem), "%s/cli.pem", tmpdir);
     snprintf(cli_key, sizeof(cli_key), "%s/cli.key", tmpdir);
+    snprintf(ip4_pem, sizeof(ip4_pem), "%s/ip4.pem", tmpdir);
+    snprintf(ip4_key, sizeof(ip4_key), "%s/ip4.key", tmpdir);
+    snprintf(ip6_pem, sizeof(ip6_pem), "%s/ip6.pem", tmpdir);
+    snprintf(ip6_key, sizeof(ip6_key), "%s/ip6.key", tmpdir);
+    snprintf(nip_pem, sizeof(nip_pem), "%s/nip.pem", tmpdir);
+    snprintf(nip_key, sizeof(nip_key), "%s/nip.key", tmpdir);
     const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
     int rc = 0;
     rc |= sh("cd %s && openssl req -x509 %s -keyout ca.key -out ca.pem -days 2 -subj /CN=kk-test-ca "
@@ -469,6 +478,20 @@ static int tls_setup(void **state)
              "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
              "-extfile ext.cnf -out srv.pem >/dev/null 2>&1",
              tmpdir, ec);
+    static const struct {
+        const char *name, *cn, *san;
+    } ipc[] = {
+        {"ip4", "kk-ip4", "IP:127.0.0.1"},
+        {"ip6", "kk-ip6", "IP:::1"},
+        {"nip", "127.0.0.1", "DNS:127.0.0.1,IP:127.0.0.2"},
+    };
+    for (size_t i = 0; i < sizeof(ipc) / sizeof(ipc[0]); i++)
+        rc |= sh("cd %s && openssl req %s -keyout %s.key -out %s.csr -subj /CN=%s >/dev/null 2>&1 && "
+                 "printf 'subjectAltName=%s\\n' > %s.cnf && "
+                 "openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+                 "-extfile %s.cnf -out %s.pem >/dev/null 2>&1",
+                 tmpdir, ec, ipc[i].name, ipc[i].name, ipc[i].cn, ipc[i].san, ipc[i].name, ipc[i].name,
+                 ipc[i].name, ipc[i].name);
     rc |= sh("cd %s && openssl req %s -keyout cli.key -out cli.csr -subj /CN=kk-client >/dev/null 2>&1 && "
              "openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
              "-out cli.pem >/dev/null 2>&1",
@@ -488,34 +511,52 @@ struct ssrv {
 };
 
 /* Starts `openssl s_server -rev` (reverses each line) on an ephemeral port
- * and reads the port from its ACCEPT line. */
-static void ssrv_start(struct ssrv *ss, bool require_client_cert)
+ * of addr ("127.0.0.1" or "[::1]") with the given certificate, and reads the
+ * port from its ACCEPT line; false if none shows up (server stopped).
+ * no_sni: a ClientHello carrying any SNI gets a fatal unrecognized_name
+ * alert (s_server's -servername check only runs with a second context). */
+static bool ssrv_start_ex(struct ssrv *ss, const char *addr, const char *cert, const char *key,
+                          bool require_client_cert, bool no_sni)
 {
-    char out[128];
+    char out[128], accept[64];
     snprintf(out, sizeof(out), "%s/s_server.%d.out", tmpdir, (int)kk_mono_ms());
+    snprintf(accept, sizeof(accept), "%s:0", addr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    char *argv[] = {"openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", srv_pem, "-key", srv_key,
-                    "-alpn",   "h2",       "-rev",    NULL,          NULL,    NULL,    NULL,   NULL};
+    char *argv[24] = {"openssl", "s_server",  "-accept", accept, "-cert", (char *)cert,
+                      "-key",    (char *)key, "-alpn",   "h2",   "-rev"};
+    int n = 11;
     if (require_client_cert) {
-        argv[11] = "-Verify";
-        argv[12] = "1";
-        argv[13] = "-CAfile";
-        argv[14] = ca_pem;
+        argv[n++] = "-Verify";
+        argv[n++] = "1";
+        argv[n++] = "-CAfile";
+        argv[n++] = ca_pem;
     }
+    if (no_sni) {
+        argv[n++] = "-cert2";
+        argv[n++] = (char *)cert;
+        argv[n++] = "-key2";
+        argv[n++] = (char *)key;
+        argv[n++] = "-servername";
+        argv[n++] = "kk-no-sni-expected.invalid";
+        argv[n++] = "-servername_fatal";
+    }
+    argv[n] = NULL;
     assert_int_equal(posix_spawnp(&ss->pid, "openssl", &fa, NULL, argv, environ), 0);
     posix_spawn_file_actions_destroy(&fa);
     ss->port = 0;
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "ACCEPT %s:%%u", addr);
     uint64_t end = kk_mono_ms() + 5000;
     while (!ss->port && kk_mono_ms() < end) {
         FILE *f = fopen(out, "r");
         char line[256];
         while (f && fgets(line, sizeof(line), f)) {
             unsigned port;
-            if (sscanf(line, "ACCEPT 127.0.0.1:%u", &port) == 1)
+            if (sscanf(line, prefix, &port) == 1)
                 ss->port = (uint16_t)port;
         }
         if (f)
@@ -523,7 +564,16 @@ static void ssrv_start(struct ssrv *ss, bool require_client_cert)
         if (!ss->port)
             usleep(20000);
     }
-    assert_int_not_equal(ss->port, 0);
+    if (!ss->port) {
+        kill(ss->pid, SIGTERM);
+        waitpid(ss->pid, NULL, 0);
+    }
+    return ss->port != 0;
+}
+
+static void ssrv_start(struct ssrv *ss, bool require_client_cert)
+{
+    assert_true(ssrv_start_ex(ss, "127.0.0.1", srv_pem, srv_key, require_client_cert, false));
 }
 
 static void ssrv_stop(struct ssrv *ss)
@@ -720,6 +770,112 @@ static void test_tls_handshake_timeout(void **state)
     finish_loop(&loop);
 }
 
+/* One line through s_server -rev: the stream really carries data. */
+static void rev_roundtrip(uv_loop_t *loop, struct cli *c)
+{
+    uv_buf_t b = uv_buf_init("ip\n", 3);
+    assert_int_equal(kk_stream_write(c->s, &b, 1), 0);
+    want_len = 3;
+    assert_true(run_until(loop, cli_got_want, c, 3000));
+    assert_memory_equal(c->got.base, "pi\n", 3);
+}
+
+static int connect_with(uv_loop_t *loop, const char *ca, const char *server_name, bool insecure,
+                        const char *host, uint16_t port, bool roundtrip)
+{
+    struct kk_tls_ctx *ctx = mkctx(ca, server_name, insecure, NULL);
+    struct cli c;
+    int rv = tls_connect_once(loop, ctx, host, port, &c);
+    if (rv == 0 && roundtrip)
+        rev_roundtrip(loop, &c);
+    cli_close(loop, &c);
+    kk_tls_ctx_free(ctx);
+    return rv;
+}
+
+/* A certificate naming the server only by IP:127.0.0.1 verifies for the
+ * literal (connect host or server_name), with no SNI in the ClientHello:
+ * this server rejects any SNI with a fatal alert. */
+static void test_tls_ip_san_v4(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct ssrv ss;
+    assert_true(ssrv_start_ex(&ss, "127.0.0.1", ip4_pem, ip4_key, false, true));
+
+    assert_int_equal(connect_with(&loop, ca_pem, NULL, false, "127.0.0.1", ss.port, true), 0);
+    /* server_name as an IP literal, whatever the connect host. */
+    assert_int_equal(connect_with(&loop, ca_pem, "127.0.0.1", false, "localhost", ss.port, true), 0);
+    /* The same address in IPv4-mapped IPv6 form. */
+    assert_int_equal(connect_with(&loop, ca_pem, "::ffff:127.0.0.1", false, "127.0.0.1", ss.port, false), 0);
+    /* Another address: name mismatch. */
+    assert_int_equal(connect_with(&loop, ca_pem, "127.0.0.2", false, "127.0.0.1", ss.port, false),
+                     KK_ETLS_VERIFY);
+    assert_int_equal(connect_with(&loop, ca_pem, "::1", false, "127.0.0.1", ss.port, false), KK_ETLS_VERIFY);
+    /* A DNS name still goes out as SNI: this server's fatal alert (KK_ETLS,
+     * before any certificate) shows the check above can see an SNI. */
+    assert_int_equal(connect_with(&loop, ca_pem, "localhost", false, "127.0.0.1", ss.port, false), KK_ETLS);
+    /* The right address does not excuse an unknown chain. */
+    assert_int_equal(connect_with(&loop, ca2_pem, NULL, false, "127.0.0.1", ss.port, false), KK_ETLS_VERIFY);
+    /* Verification off: wrong CA and wrong address both pass. */
+    assert_int_equal(connect_with(&loop, ca2_pem, "127.0.0.2", true, "127.0.0.1", ss.port, true), 0);
+
+    ssrv_stop(&ss);
+    finish_loop(&loop);
+}
+
+/* Spelling the address as CN or dNSName does not count (RFC 6125 §6.2.1,
+ * as in Go); only an iPAddress SAN does. */
+static void test_tls_ip_san_mismatch(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct ssrv ss;
+    assert_true(ssrv_start_ex(&ss, "127.0.0.1", nip_pem, nip_key, false, true));
+
+    assert_int_equal(connect_with(&loop, ca_pem, NULL, false, "127.0.0.1", ss.port, false), KK_ETLS_VERIFY);
+    assert_int_equal(connect_with(&loop, ca_pem, "127.0.0.1", false, "localhost", ss.port, false),
+                     KK_ETLS_VERIFY);
+    /* The address the certificate does list. */
+    assert_int_equal(connect_with(&loop, ca_pem, "127.0.0.2", false, "127.0.0.1", ss.port, true), 0);
+
+    ssrv_stop(&ss);
+    finish_loop(&loop);
+}
+
+static bool have_ipv6_loopback(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+static void test_tls_ip_san_v6(void **state)
+{
+    if (!have_ipv6_loopback())
+        skip();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct ssrv ss;
+    if (!ssrv_start_ex(&ss, "[::1]", ip6_pem, ip6_key, false, true)) {
+        finish_loop(&loop);
+        skip();
+    }
+
+    assert_int_equal(connect_with(&loop, ca_pem, NULL, false, "::1", ss.port, true), 0);
+    assert_int_equal(connect_with(&loop, ca_pem, "[::1]", false, "::1", ss.port, false), 0);
+    assert_int_equal(connect_with(&loop, ca_pem, "0:0::1", false, "::1", ss.port, false), 0);
+    assert_int_equal(connect_with(&loop, ca_pem, "::2", false, "::1", ss.port, false), KK_ETLS_VERIFY);
+    assert_int_equal(connect_with(&loop, ca_pem, "127.0.0.1", false, "::1", ss.port, false), KK_ETLS_VERIFY);
+
+    ssrv_stop(&ss);
+    finish_loop(&loop);
+}
+
 static void test_tls_ctx_errors(void **state)
 {
     struct kk_tls_ctx *ctx = NULL;
@@ -753,6 +909,9 @@ int main(void)
         cmocka_unit_test(test_tls_roundtrip_alpn_resume),
         cmocka_unit_test(test_tls_verify_failures),
         cmocka_unit_test(test_tls_client_cert),
+        cmocka_unit_test(test_tls_ip_san_v4),
+        cmocka_unit_test(test_tls_ip_san_mismatch),
+        cmocka_unit_test(test_tls_ip_san_v6),
     };
     int rc = cmocka_run_group_tests_name("stream_plain", plain, NULL, NULL);
     rc |= cmocka_run_group_tests_name("stream_tls", tls, tls_setup, tls_teardown);
