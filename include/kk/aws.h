@@ -10,6 +10,7 @@
 
 #include "kk/buf.h"
 #include "kk/config.h"
+#include "kk/sha256.h"
 
 /* ---- credentials ----------------------------------------------------------
  * A provider yields credentials; static ones never expire.  The interface is
@@ -72,13 +73,19 @@ struct kk_sigv4 {
     char date[9];          /* YYYYMMDD of the cached key */
     uint64_t generation;   /* creds generation of the cached key */
     uint8_t key[32];
+    struct kk_hmac_sha256_key key_ctx; /* key's HMAC pads, pre-hashed (one HMAC per request) */
     bool have_key;
     uint64_t derivations;  /* how many keys were derived (tests) */
+    /* kk_sigv4_kinesis_head: X-Amz-Date of the last second signed */
+    int64_t amz_date_epoch;
+    char amz_date[17];
+    bool have_amz_date;
 };
 
 void kk_sigv4_init(struct kk_sigv4 *s, const char *region, const char *service);
 
-/* Hex SHA-256 of a payload (64 chars + NUL). */
+/* Hex SHA-256 of a payload (64 chars + NUL).  Defined in src/core/sha256.c
+ * (kk/sha256.h), declared here too for existing callers. */
 void kk_sha256_hex(const void *data, size_t len, char out[65]);
 
 /* Appends a complete, signed HTTP/1.1 request head for a Kinesis JSON call:

@@ -13,8 +13,11 @@ static inline size_t kk_b64_decoded_max(size_t n) { return n / 4 * 3 + 3; }
 size_t kk_b64_encode(char *dst, const uint8_t *src, size_t n);
 
 /* Decodes standard base64 with padding required (Go's StdEncoding).
- * dst needs kk_b64_decoded_max(n) bytes.  Returns the decoded length, or -1
- * on any invalid character, bad padding or bad length. */
+ * dst needs kk_b64_decoded_max(n) bytes: all of them may be written (bytes
+ * past the returned length are scratch; on -1 dst holds garbage).  dst may
+ * equal src (decoding in place).  Returns the decoded length, or -1 on any
+ * invalid character, bad padding or bad length.  SSSE3 is used when the CPU
+ * has it (same results). */
 long kk_b64_decode(uint8_t *dst, const char *src, size_t n);
 
 #endif

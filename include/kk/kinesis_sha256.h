@@ -1,23 +1,30 @@
-/* SHA-256 of request bodies (kinesis module; a public header so tests reach it).
- *
- * The body hash (x-amz-content-sha256 of SigV4) is the largest CPU item of a
- * put_record: every body byte goes through it once per send.  On x86-64
- * CPUs with the SHA extensions this uses them (several times faster than
- * the portable code); elsewhere it is mbedTLS.  Same output either way. */
+/* SHA-256 of request bodies: now the core one (kk/sha256.h, which keeps the
+ * SHA-extensions path this header introduced); these names stay for callers. */
 #ifndef KK_KINESIS_SHA256_H
 #define KK_KINESIS_SHA256_H
 
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
+#include "kk/sha256.h"
 
 /* Lowercase hex digest of data[0..len) into out (64 chars + NUL). */
-void kk_body_sha256_hex(const void *data, size_t len, char out[65]);
+static inline void kk_body_sha256_hex(const void *data, size_t len, char out[65])
+{
+    kk_sha256_hex(data, len, out);
+}
 
-/* The raw digest; force_portable selects the mbedTLS path (for tests). */
-void kk_body_sha256(const void *data, size_t len, uint8_t out[32], bool force_portable);
+/* The raw digest; force_portable selects the portable path (for tests). */
+static inline void kk_body_sha256(const void *data, size_t len, uint8_t out[32], bool force_portable)
+{
+    if (force_portable)
+        kk_sha256_force_portable(true);
+    kk_sha256(data, len, out);
+    if (force_portable)
+        kk_sha256_force_portable(false);
+}
 
 /* True when the SHA extensions path is in use on this CPU. */
-bool kk_body_sha256_accelerated(void);
+static inline bool kk_body_sha256_accelerated(void)
+{
+    return kk_sha256_accelerated();
+}
 
 #endif

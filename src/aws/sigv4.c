@@ -3,14 +3,16 @@
  * The canonical request is never materialised on the hot path: its pieces
  * stream into a SHA-256 context (and into canonical_out only when a test asks
  * for it), so signing a Kinesis call costs one SHA-256 over a few hundred
- * bytes plus two HMACs, with no allocation.  The signing key is derived once
- * per (UTC day, region, service, credentials generation). */
+ * bytes plus one HMAC, with no allocation (kk/sha256.h: contexts on the
+ * stack).  The signing key is derived once per (UTC day, region, service,
+ * credentials generation), and its HMAC pads are hashed then too, so the
+ * per-request HMAC costs 2 compressions for the string to sign + 1. */
 #include "kk/aws.h"
 
 #include "kk/err.h"
 
-#include <mbedtls/md.h>
-#include <mbedtls/sha256.h>
+#include "kk/sha256.h"
+
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -18,28 +20,55 @@
 
 #define MAX_SIGNED_HEADERS 64
 
-static const char hexd[] = "0123456789abcdef";
+/* A string piece; join / append_pieces replace printf on the per-request path. */
+struct piece {
+    const char *p;
+    size_t n;
+};
 
-static void hex_encode(char *out, const uint8_t *in, size_t n)
+/* Writes the pieces and a NUL into dst; returns the length, or -1 when they do not fit. */
+static int join(char *dst, size_t cap, const struct piece *pc, size_t n)
 {
+    size_t len = 0;
     for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexd[in[i] >> 4];
-        out[2 * i + 1] = hexd[in[i] & 15];
+        if (pc[i].n >= cap - len)
+            return -1;
+        memcpy(dst + len, pc[i].p, pc[i].n);
+        len += pc[i].n;
     }
-    out[2 * n] = '\0';
+    dst[len] = '\0';
+    return (int)len;
 }
 
-void kk_sha256_hex(const void *data, size_t len, char out[65])
+/* Appends the pieces to b in one reservation (all or nothing). */
+static int append_pieces(struct kk_buf *b, const struct piece *pc, size_t n)
 {
-    uint8_t d[32];
-    mbedtls_sha256_ret(data, len, d, 0);
-    hex_encode(out, d, 32);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += pc[i].n;
+    char *d = kk_buf_reserve(b, total);
+    if (!d)
+        return total > b->max - b->len ? KK_ETOOBIG : KK_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(d, pc[i].p, pc[i].n);
+        d += pc[i].n;
+    }
+    kk_buf_commit(b, total);
+    return 0;
 }
 
-static int hmac(const uint8_t *key, size_t keylen, const void *msg, size_t len, uint8_t out[32])
+/* Decimal digits of v into out (no NUL); returns their count (at most 20). */
+static size_t put_u64(char *out, uint64_t v)
 {
-    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
-    return mbedtls_md_hmac(md, key, keylen, msg, len, out) ? KK_EINVAL : 0;
+    char d[20];
+    size_t n = 0, i = 0;
+    do {
+        d[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        out[i++] = d[--n];
+    return i;
 }
 
 void kk_sigv4_init(struct kk_sigv4 *s, const char *region, const char *service)
@@ -54,26 +83,19 @@ static int signing_key(struct kk_sigv4 *s, const struct kk_aws_creds *creds, con
 {
     uint8_t k[32];
     char secret[4 + sizeof(creds->secret_key)];
-    int rc;
 
     if (s->have_key && s->generation == creds->generation && memcmp(s->date, date8, 8) == 0)
         return 0;
     size_t sl = strnlen(creds->secret_key, sizeof(creds->secret_key));
     memcpy(secret, "AWS4", 4);
     memcpy(secret + 4, creds->secret_key, sl);
-    rc = hmac((const uint8_t *)secret, 4 + sl, date8, 8, k);
-    if (!rc)
-        rc = hmac(k, 32, s->region, strlen(s->region), k);
-    if (!rc)
-        rc = hmac(k, 32, s->service, strlen(s->service), k);
-    if (!rc)
-        rc = hmac(k, 32, "aws4_request", 12, s->key);
+    kk_hmac_sha256(secret, 4 + sl, date8, 8, k);
+    kk_hmac_sha256(k, 32, s->region, strlen(s->region), k);
+    kk_hmac_sha256(k, 32, s->service, strlen(s->service), k);
+    kk_hmac_sha256(k, 32, "aws4_request", 12, s->key);
+    kk_hmac_sha256_setkey(&s->key_ctx, s->key, 32);
     memset(secret, 0, sizeof(secret)); /* do not leave the secret on the stack */
     memset(k, 0, sizeof(k));
-    if (rc) {
-        s->have_key = false;
-        return rc;
-    }
     memcpy(s->date, date8, 8);
     s->date[8] = '\0';
     s->generation = creds->generation;
@@ -84,7 +106,7 @@ static int signing_key(struct kk_sigv4 *s, const struct kk_aws_creds *creds, con
 
 /* Sink for canonical-request bytes: the running hash, plus a copy on request. */
 struct sink {
-    mbedtls_sha256_context sha;
+    struct kk_sha256 sha;
     struct kk_buf *copy;
     int rc;
 };
@@ -93,7 +115,7 @@ static void emit(struct sink *k, const void *p, size_t n)
 {
     if (n == 0 || k->rc)
         return;
-    mbedtls_sha256_update_ret(&k->sha, p, n);
+    kk_sha256_update(&k->sha, p, n);
     if (k->copy)
         k->rc = kk_buf_append(k->copy, p, n);
 }
@@ -172,8 +194,7 @@ int kk_sigv4_sign(struct kk_sigv4 *s, const struct kk_aws_creds *creds, const ch
 
     memset(&k, 0, sizeof(k));
     k.copy = canonical_out;
-    mbedtls_sha256_init(&k.sha);
-    mbedtls_sha256_starts_ret(&k.sha, 0);
+    kk_sha256_init(&k.sha);
     emit(&k, method, strlen(method));
     emit(&k, "\n", 1);
     emit(&k, path, strlen(path));
@@ -207,12 +228,18 @@ int kk_sigv4_sign(struct kk_sigv4 *s, const struct kk_aws_creds *creds, const ch
     rc = k.rc;
     if (rc)
         goto out;
-    mbedtls_sha256_finish_ret(&k.sha, digest);
-    hex_encode(hash_hex, digest, 32);
+    kk_sha256_final(&k.sha, digest);
+    kk_hex_encode(hash_hex, digest, 32);
 
-    n = snprintf(sts, sizeof(sts), "AWS4-HMAC-SHA256\n%s\n%.8s/%s/%s/aws4_request\n%s", amz_date, amz_date,
-                 s->region, s->service, hash_hex);
-    if (n < 0 || (size_t)n >= sizeof(sts)) {
+    {
+        /* "AWS4-HMAC-SHA256\n<date>\n<YYYYMMDD>/<region>/<service>/aws4_request\n<hash>",
+         * assembled by hand: this runs per request and printf is costly. */
+        struct piece pc[] = {{"AWS4-HMAC-SHA256\n", 17}, {amz_date, 16}, {"\n", 1}, {amz_date, 8}, {"/", 1},
+                             {s->region, strlen(s->region)}, {"/", 1}, {s->service, strlen(s->service)},
+                             {"/aws4_request\n", 14}, {hash_hex, 64}};
+        n = join(sts, sizeof(sts), pc, sizeof(pc) / sizeof(pc[0]));
+    }
+    if (n < 0) {
         rc = KK_ETOOBIG;
         goto out;
     }
@@ -224,19 +251,26 @@ int kk_sigv4_sign(struct kk_sigv4 *s, const struct kk_aws_creds *creds, const ch
     rc = signing_key(s, creds, amz_date);
     if (rc)
         goto out;
-    rc = hmac(s->key, 32, sts, (size_t)n, sig);
-    if (rc)
-        goto out;
-    hex_encode(sig_hex, sig, 32);
+    kk_hmac_sha256_run(&s->key_ctx, sts, (size_t)n, sig);
+    kk_hex_encode(sig_hex, sig, 32);
     if (signature_out)
         memcpy(signature_out, sig_hex, 65);
-    if (auth_out)
-        rc = kk_buf_printf(auth_out,
-                           "AWS4-HMAC-SHA256 Credential=%s/%.8s/%s/%s/aws4_request, SignedHeaders=%.*s, "
-                           "Signature=%s",
-                           creds->access_key, amz_date, s->region, s->service, (int)sl, signed_list, sig_hex);
+    if (auth_out) {
+        struct piece pc[] = {{"AWS4-HMAC-SHA256 Credential=", 28},
+                             {creds->access_key, strlen(creds->access_key)},
+                             {"/", 1},
+                             {amz_date, 8},
+                             {"/", 1},
+                             {s->region, strlen(s->region)},
+                             {"/", 1},
+                             {s->service, strlen(s->service)},
+                             {"/aws4_request, SignedHeaders=", 29},
+                             {signed_list, sl},
+                             {", Signature=", 12},
+                             {sig_hex, 64}};
+        rc = append_pieces(auth_out, pc, sizeof(pc) / sizeof(pc[0]));
+    }
 out:
-    mbedtls_sha256_free(&k.sha);
     return rc;
 }
 
@@ -257,9 +291,17 @@ int kk_sigv4_kinesis_head(struct kk_sigv4 *s, const struct kk_aws_creds *creds, 
     bool tok = creds->session_token[0] != '\0';
 
     /* Values go on the wire verbatim: refuse anything that could split a header. */
-    if (has_crlf(host_header) || has_crlf(target) || has_crlf(creds->session_token) || !gmtime_r(&t, &tm))
+    if (has_crlf(host_header) || has_crlf(target) || has_crlf(creds->session_token))
         return KK_EINVAL;
-    strftime(amz_date, sizeof(amz_date), "%Y%m%dT%H%M%SZ", &tm);
+    /* The date changes once a second: format it then, not per request. */
+    if (!s->have_amz_date || s->amz_date_epoch != now_epoch_s) {
+        if (!gmtime_r(&t, &tm))
+            return KK_EINVAL;
+        strftime(s->amz_date, sizeof(s->amz_date), "%Y%m%dT%H%M%SZ", &tm);
+        s->amz_date_epoch = now_epoch_s;
+        s->have_amz_date = true;
+    }
+    memcpy(amz_date, s->amz_date, sizeof(amz_date));
 
     /* Already in canonical order, so the signer's sort is a no-op pass. */
     struct kk_sigv4_header h[5];
@@ -271,19 +313,22 @@ int kk_sigv4_kinesis_head(struct kk_sigv4 *s, const struct kk_aws_creds *creds, 
         h[n++] = (struct kk_sigv4_header){"x-amz-security-token", creds->session_token};
     h[n++] = (struct kk_sigv4_header){"x-amz-target", target};
 
-    rc = kk_buf_printf(head,
-                       "POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-amz-json-1.1\r\n"
-                       "X-Amz-Target: %s\r\nX-Amz-Date: %s\r\n",
-                       host_header, target, amz_date);
-    if (!rc && tok) {
-        rc = kk_buf_append_str(head, "X-Amz-Security-Token: ");
-        if (!rc)
-            rc = kk_buf_append_str(head, creds->session_token);
-        if (!rc)
-            rc = kk_buf_append(head, "\r\n", 2);
-    }
-    if (!rc)
-        rc = kk_buf_printf(head, "Content-Length: %zu\r\nAuthorization: ", content_length);
+    char clen[20];
+    static const char ct[] = "\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: ";
+    struct piece pc[] = {{"POST / HTTP/1.1\r\nHost: ", 23},
+                         {host_header, strlen(host_header)},
+                         {ct, sizeof(ct) - 1},
+                         {target, strlen(target)},
+                         {"\r\nX-Amz-Date: ", 14},
+                         {amz_date, 16},
+                         {"\r\n", 2},
+                         {"X-Amz-Security-Token: ", tok ? 22 : 0},
+                         {creds->session_token, tok ? strlen(creds->session_token) : 0},
+                         {"\r\n", tok ? 2 : 0},
+                         {"Content-Length: ", 16},
+                         {clen, put_u64(clen, content_length)},
+                         {"\r\nAuthorization: ", 17}};
+    rc = append_pieces(head, pc, sizeof(pc) / sizeof(pc[0]));
     if (!rc)
         rc = kk_sigv4_sign(s, creds, amz_date, "POST", "/", "", h, n, payload_sha256_hex, NULL, NULL, NULL,
                            head);

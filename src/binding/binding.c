@@ -26,7 +26,7 @@
 
 #define REPLY_MAX ((size_t)64 << 20) /* Response JSON of one request (base64 of <= 48 MiB) */
 #define ERRS_MAX ((size_t)64 << 10)  /* accumulated "All attempts fail" text */
-#define FREE_MAX 64                  /* recycled request structs kept per binding */
+#define FREE_MAX 1024                /* recycled request structs kept per binding (~250 B each) */
 #define NOT_IN_HEAP SIZE_MAX
 
 static const char shutdown_text[] = "shutting down: request not completed within shutdown_timeout_seconds";

@@ -2,9 +2,13 @@
  *
  * Every list is intrusive and doubly linked, so submit, cancel, lease and
  * release are O(1).  A connection owns two handles (its stream and one
- * timer, used as request timer while busy and idle timer while idle) and is
- * freed when both are closed; the pool owns one more timer so that close
- * always completes asynchronously, and is freed when every handle is.
+ * timer, used only while connecting) and is freed when both are closed.
+ * Request and idle timeouts are the same for every connection of a pool, so
+ * deadlines come in order: a busy and an idle FIFO of connections, and one
+ * pool timer armed for the earliest head, replace a timer restart per
+ * request (O(1) list operations instead of four timer-heap operations).  The
+ * pool owns that timer and one more so that close always completes
+ * asynchronously, and is freed when every handle is.
  *
  * Connections are opened only while more requests wait than connections are
  * being set up (or about to be handed back), never past max_connections.
@@ -62,7 +66,13 @@ struct conn {
     char *errtype; /* ERRTYPE_MAX bytes, allocated at the first error-type header */
     size_t errtype_len;
     bool has_errtype;
+    /* deadline FIFO membership (DL_*), see the top of the file */
+    int dl;
+    struct conn *dnext, *dprev;
+    uint64_t deadline; /* uv_now() ms */
 };
+
+enum { DL_NONE = 0, DL_BUSY = 1, DL_IDLE = 2 };
 
 struct kk_http_pool {
     uv_loop_t *loop;
@@ -71,6 +81,9 @@ struct kk_http_pool {
     struct kk_tls_ctx *tls;
     struct kk_buf head; /* the head being sent; see the top of the file */
     uv_timer_t closer; /* makes close asynchronous even with no connection */
+    uv_timer_t dl_timer;
+    uint64_t dl_armed;                 /* when dl_timer fires; 0 = stopped */
+    struct conn *dl_head[2], *dl_tail[2]; /* [DL_BUSY - 1], [DL_IDLE - 1] */
     struct kk_http_req *wq_head, *wq_tail;
     struct conn *conns;
     struct conn *idle;
@@ -163,17 +176,69 @@ static void idle_remove(struct conn *c)
 
 static void on_conn_timer(uv_timer_t *t);
 
+/* ---- deadlines ---- */
+
+static void on_dl_timer(uv_timer_t *t);
+
+static void dl_arm(struct kk_http_pool *p, uint64_t at)
+{
+    if (p->closing)
+        return;
+    uint64_t now = uv_now(p->loop);
+    uv_timer_start(&p->dl_timer, on_dl_timer, at > now ? at - now : 0, 0);
+    p->dl_armed = at;
+}
+
+static void dl_del(struct conn *c)
+{
+    struct kk_http_pool *p = c->pool;
+    if (c->dl == DL_NONE)
+        return;
+    int k = c->dl - 1;
+    if (c->dprev)
+        c->dprev->dnext = c->dnext;
+    else
+        p->dl_head[k] = c->dnext;
+    if (c->dnext)
+        c->dnext->dprev = c->dprev;
+    else
+        p->dl_tail[k] = c->dprev;
+    c->dnext = c->dprev = NULL;
+    c->dl = DL_NONE;
+}
+
+/* Appends c to a FIFO (its deadline is the latest there); the pool timer is
+ * touched only when it would fire too late.  An entry removed early leaves
+ * the timer as is: it then fires, finds nothing due and re-arms. */
+static void dl_add(struct conn *c, int which, uint64_t timeout_ms)
+{
+    struct kk_http_pool *p = c->pool;
+    int k = which - 1;
+    dl_del(c);
+    c->deadline = uv_now(p->loop) + timeout_ms;
+    c->dl = which;
+    c->dnext = NULL;
+    c->dprev = p->dl_tail[k];
+    if (p->dl_tail[k])
+        p->dl_tail[k]->dnext = c;
+    else
+        p->dl_head[k] = c;
+    p->dl_tail[k] = c;
+    if (!p->dl_armed || c->deadline < p->dl_armed)
+        dl_arm(p, c->deadline);
+}
+
 static void conn_idle(struct conn *c)
 {
     c->state = C_IDLE;
     idle_push(c);
-    uv_timer_start(&c->timer, on_conn_timer, c->pool->opts.idle_timeout_ms, 0);
+    dl_add(c, DL_IDLE, c->pool->opts.idle_timeout_ms);
 }
 
 static void conn_unidle(struct conn *c)
 {
     idle_remove(c);
-    uv_timer_stop(&c->timer);
+    dl_del(c);
     c->state = C_BUSY;
     c->reused = true;
 }
@@ -247,6 +312,7 @@ static void conn_close(struct conn *c)
         p->nconnecting--;
     c->state = C_CLOSING;
     p->nopen--;
+    dl_del(c);
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     if (c->stream)
         kk_stream_close(c->stream);
@@ -302,7 +368,7 @@ static int conn_send(struct conn *c, struct kk_http_req *r)
         pool_fill(p);
         return rc;
     }
-    uv_timer_start(&c->timer, on_conn_timer, p->opts.request_timeout_ms, 0);
+    dl_add(c, DL_BUSY, p->opts.request_timeout_ms);
     return 0;
 }
 
@@ -422,9 +488,9 @@ static void on_connect(struct kk_stream *s, int status)
     conn_release(c);
 }
 
-static void on_conn_timer(uv_timer_t *t)
+/* A connection's timeout: connect (its own timer), idle or request (the pool's). */
+static void conn_timeout(struct conn *c)
 {
-    struct conn *c = t->data;
     struct kk_http_req *r;
     switch (c->state) {
     case C_CONNECTING:
@@ -444,6 +510,35 @@ static void on_conn_timer(uv_timer_t *t)
     case C_CLOSING:
         break;
     }
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    conn_timeout(t->data);
+}
+
+static void on_dl_timer(uv_timer_t *t)
+{
+    struct kk_http_pool *p = t->data;
+    uint64_t now = uv_now(p->loop), next = 0;
+    p->dl_armed = 0;
+    /* Heads only: each FIFO is in deadline order.  A timeout's callbacks may
+     * add or remove entries, so the heads are read again every time. */
+    for (;;) {
+        struct conn *c = NULL;
+        for (int k = 0; k < 2 && !c; k++)
+            if (p->dl_head[k] && p->dl_head[k]->deadline <= now)
+                c = p->dl_head[k];
+        if (!c || p->closing)
+            break;
+        dl_del(c);
+        conn_timeout(c);
+    }
+    for (int k = 0; k < 2; k++)
+        if (p->dl_head[k] && (!next || p->dl_head[k]->deadline < next))
+            next = p->dl_head[k]->deadline;
+    if (next)
+        dl_arm(p, next);
 }
 
 /* ---- response parsing ---- */
@@ -557,7 +652,7 @@ static void conn_complete(struct conn *c, bool reusable)
         .error_type = c->has_errtype ? c->errtype : NULL,
     };
 
-    uv_timer_stop(&c->timer);
+    dl_del(c);
     c->req = NULL;
     c->exchanges++;
     c->reused = true; /* whatever goes out next risks the keep-alive race */
@@ -723,7 +818,9 @@ int kk_http_pool_new(uv_loop_t *loop, const struct kk_http_pool_opts *opts, stru
     memset(&p->opts.tls_opts, 0, sizeof(p->opts.tls_opts));
     uv_timer_init(loop, &p->closer);
     p->closer.data = p;
-    p->handles = 1;
+    uv_timer_init(loop, &p->dl_timer);
+    p->dl_timer.data = p;
+    p->handles = 2;
     *out = p;
     return 0;
 fail:
@@ -813,5 +910,6 @@ void kk_http_pool_close(struct kk_http_pool *p, void (*done)(void *arg), void *a
         if (r)
             req_finish(r, KK_ECANCELED, NULL);
     }
+    uv_close((uv_handle_t *)&p->dl_timer, on_closer_closed);
     uv_close((uv_handle_t *)&p->closer, on_closer_closed);
 }

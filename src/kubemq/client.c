@@ -43,8 +43,13 @@
 #define KEEPALIVE_TIMEOUT_MS 20000u
 #define BACKOFF_CAP_MS 30000u
 #define WBUF_CHUNK (256u << 10) /* write out once this much is collected */
-#define FREE_CALLS_MAX 32
-#define KEEP_BUF_MAX (64u << 10) /* larger call buffers are not recycled */
+/* Recycled call structs: one unary call per reply, so with hundreds of
+ * replies in flight a short list would miss and calloc every time.  Their
+ * buffers are kept only within a byte budget (bounded memory after a burst of
+ * large messages); past it a recycled call keeps its struct, not its buffers. */
+#define FREE_CALLS_MAX 1024
+#define KEEP_BUF_MAX (64u << 10)         /* larger call buffers are never kept */
+#define FREE_BUF_BUDGET ((size_t)4 << 20) /* buffer bytes kept across free calls */
 #define PATH_PREFIX "/kubemq.kubemq/"
 
 struct link {
@@ -143,6 +148,7 @@ struct kk_kmq_client {
     void *done_arg;
     struct call *free_calls[FREE_CALLS_MAX];
     unsigned n_free;
+    size_t free_buf_bytes; /* buffer capacity held by free_calls */
     struct kk_h2mem h2mem; /* nghttp2's per-call allocations, recycled */
 };
 
@@ -185,6 +191,7 @@ static struct call *call_get(struct kk_kmq_client *c)
 
     if (c->n_free) {
         call = c->free_calls[--c->n_free];
+        c->free_buf_bytes -= call->out.cap + call->dec.buf.cap;
     } else {
         call = calloc(1, sizeof(*call));
         if (!call)
@@ -216,10 +223,17 @@ static void call_free(struct kk_kmq_client *c, struct call *call)
 {
     kk_pb_free(call->reply);
     call->reply = NULL;
-    if (c->n_free < FREE_CALLS_MAX && !c->closing && call->out.cap <= KEEP_BUF_MAX &&
-        call->dec.buf.cap <= KEEP_BUF_MAX) {
+    if (c->n_free < FREE_CALLS_MAX && !c->closing) {
+        size_t bytes = call->out.cap + call->dec.buf.cap;
+        if (call->out.cap > KEEP_BUF_MAX || call->dec.buf.cap > KEEP_BUF_MAX ||
+            c->free_buf_bytes + bytes > FREE_BUF_BUDGET) {
+            kk_buf_free(&call->out);
+            kk_grpc_dec_free(&call->dec); /* the limits stay: reusable as is */
+            bytes = 0;
+        }
         kk_buf_reset(&call->out);
         kk_buf_reset(&call->dec.buf);
+        c->free_buf_bytes += bytes;
         c->free_calls[c->n_free++] = call;
         return;
     }
@@ -333,6 +347,26 @@ static int call_append(struct call *call, const ProtobufCMessage *msg)
             NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE                                     \
     }
 
+/* "<n>m" (or "<s>S" past 8 digits): kk_grpc_timeout_format without printf. */
+static void fmt_timeout(uint32_t ms, char out[16])
+{
+    char d[12];
+    int n = 0, o = 0;
+    char unit = 'm';
+    if (ms > 99999999u) {
+        ms = (uint32_t)(((uint64_t)ms + 999) / 1000);
+        unit = 'S';
+    }
+    do {
+        d[n++] = (char)('0' + ms % 10);
+        ms /= 10;
+    } while (ms);
+    while (n)
+        out[o++] = d[--n];
+    out[o++] = unit;
+    out[o] = '\0';
+}
+
 static int call_start(struct conn *cn, struct call *call, const char *method, const ProtobufCMessage *msg,
                       uint32_t timeout_ms)
 {
@@ -347,13 +381,18 @@ static int call_start(struct conn *cn, struct call *call, const char *method, co
     call->method = method;
     if (msg && (rc = call_append(call, msg)) < 0)
         return rc;
-    snprintf(path, sizeof(path), PATH_PREFIX "%s", method);
+    /* Per call, so no snprintf: prefix + method (a constant name), and the
+     * grpc-timeout value as kk_grpc_timeout_format would print it. */
+    size_t pl = sizeof(PATH_PREFIX) - 1, ml = strnlen(method, sizeof(path) - pl - 1);
+    memcpy(path, PATH_PREFIX, pl);
+    memcpy(path + pl, method, ml);
+    path[pl + ml] = '\0';
     nva[n++] = (nghttp2_nv)NV(":method", "POST", 4);
     nva[n++] = (nghttp2_nv)NV(":scheme", c->o.tls ? "https" : "http", c->o.tls ? 5 : 4);
     nva[n++] = (nghttp2_nv)NV(":path", path, strlen(path));
     nva[n++] = (nghttp2_nv)NV(":authority", c->authority, strlen(c->authority));
     if (timeout_ms) {
-        kk_grpc_timeout_format(timeout_ms, tmo);
+        fmt_timeout(timeout_ms, tmo);
         nva[n++] = (nghttp2_nv)NV("grpc-timeout", tmo, strlen(tmo));
     }
     nva[n++] = (nghttp2_nv)NV("content-type", "application/grpc", 16);

@@ -53,7 +53,7 @@ static void m_free(void *p, void *ud)
     if (!p)
         return;
     h = (struct hdr *)p - 1;
-    if (h->cls != LARGE && m->n[h->cls] < KK_H2MEM_KEEP) {
+    if (h->cls != LARGE && m->n[h->cls] < (h->cls < 5 ? KK_H2MEM_KEEP : KK_H2MEM_KEEP_LARGE)) {
         m->free[h->cls][m->n[h->cls]++] = p;
         return;
     }
