@@ -116,8 +116,19 @@ const char *kk_props_str(const struct kk_props *p, const char *key, const char *
 int64_t kk_props_int(const struct kk_props *p, const char *key, int64_t def);
 bool kk_props_bool(const struct kk_props *p, const char *key, bool def);
 
-/* Secret keys (aws_secret_key, token, auth_token, ...): true when the value
- * must be masked in any output. */
+/* True when the value of property key must be masked in any output (GET
+ * /bindings shows "***"; load errors name the key, never the value).  The
+ * rule, on the key lowercased, so unknown and misspelled keys are covered:
+ *   - it contains "secret", "token", "password", "passwd", "passphrase",
+ *     "credential", "access_key", "apikey" or "api_key"; or
+ *   - it is "aws_key"; or
+ *   - it ends in "_key", unless it names data: it ends in "partition_key",
+ *     "hash_key", "routing_key" or "sort_key" ("tls_key_file" and other
+ *     "*_file" keys are paths, they do not end in "_key"); or
+ *   - it is 128 characters or longer.
+ * So aws_secret_key, aws_secret_access_key, secret_key, token, auth_token,
+ * password, aws_key, api_key are secret; region, tls_key_file, partition_key
+ * are not. */
 bool kk_prop_is_secret(const char *key);
 
 /* The program version ("0.1.0"), from meson's project version. */

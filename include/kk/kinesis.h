@@ -51,7 +51,13 @@ struct kk_kinesis_limits {
 enum kk_kentry_state { KK_KENTRY_PENDING = 0, KK_KENTRY_OK, KK_KENTRY_FAILED };
 
 /* One put_records entry.  key and b64 point into the request's data
- * (not copied); the result strings are heap, owned by the entry. */
+ * (not copied); the result strings are heap, owned by the entry.
+ *
+ * The entries are the members of the data object in document order, one
+ * per member.  A partition key that appears twice gives two entries and two
+ * records: kubemq-targets decodes into a Go map, which keeps only the last
+ * value of a repeated key and silently drops the others; we deliberately
+ * differ and lose nothing.  The output's Records follow the same order. */
 struct kk_kinesis_entry {
     const char *key;
     size_t key_len;

@@ -103,9 +103,17 @@ bool kk_stream_is_tls(const struct kk_stream *s);
  * (abbreviated handshake).  False for plaintext streams. */
 bool kk_stream_tls_resumed(const struct kk_stream *s);
 
-/* Idempotent; safe inside any callback.  Queued output is dropped (TLS:
- * close_notify is sent if the kernel takes it at once).  on_closed follows
- * from the loop, never from inside this call. */
+/* Idempotent; safe inside any callback.  No on_read runs after this call;
+ * on_closed follows once, from the loop, never from inside this call.
+ *
+ * Graceful when the stream is open and has not failed: output still queued
+ * (TLS: followed by close_notify) keeps being written until drained, then
+ * FIN is sent and the peer's EOF awaited, all bounded by a linger of 2 s
+ * (LINGER_MS in stream.c); input arriving meanwhile is discarded.  A write
+ * error or reset ends the linger at once.  So a caller may write its last
+ * bytes and close right away.  A stream that failed (on_read(NULL, err) or
+ * on_connect(err) delivered or pending), or is still connecting or in the
+ * TLS handshake, closes at once and its queued output is dropped. */
 void kk_stream_close(struct kk_stream *s);
 
 void *kk_stream_user(const struct kk_stream *s);

@@ -191,10 +191,14 @@ static bool is_null_scalar(const yaml_node_t *n)
     return strcmp(s, "~") == 0 || strcmp(s, "null") == 0 || strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0;
 }
 
-/* Expands ${VAR}, ${VAR:-default} and $$ in s.  Errors name the variable,
- * never the value, so a secret's text cannot leak through them. */
-static int expand(struct loader *L, const yaml_node_t *at, const char *s, size_t len, const char **out)
+/* Expands ${VAR}, ${VAR:-default} and $$ in s.  Errors never quote an
+ * expanded value.  For a secret key (key, see kk_prop_is_secret) they name
+ * only the key: the raw text, variable names included, may be the secret
+ * itself (a literal password containing "${"). */
+static int expand(struct loader *L, const yaml_node_t *at, const char *key, const char *s, size_t len,
+                  const char **out)
 {
+    bool secret = key && kk_prop_is_secret(key);
     if (!memchr(s, '$', len)) {
         *out = arena_strndup(&L->arena, s, len);
         return *out ? 0 : KK_ENOMEM;
@@ -233,7 +237,10 @@ static int expand(struct loader *L, const yaml_node_t *at, const char *s, size_t
         }
         const char *close = memchr(s + i + 2, '}', len - i - 2);
         if (!close) {
-            ERR_N(L, at, "unterminated ${ in value");
+            if (secret)
+                ERR_N(L, at, "invalid ${...} expansion in the value of %s", key);
+            else
+                ERR_N(L, at, "unterminated ${ in value");
             rv = KK_ECONFIG;
             goto out;
         }
@@ -247,18 +254,27 @@ static int expand(struct loader *L, const yaml_node_t *at, const char *s, size_t
             def = name + nlen + 2;
             dlen = (size_t)(close - def);
         } else if (name + nlen != close) {
-            ERR_N(L, at, "invalid variable reference ${%.*s}", (int)(close - name), name);
+            if (secret)
+                ERR_N(L, at, "invalid ${...} expansion in the value of %s", key);
+            else
+                ERR_N(L, at, "invalid variable reference ${%.*s}", (int)(close - name), name);
             rv = KK_ECONFIG;
             goto out;
         }
         if (nlen == 0 || isdigit((unsigned char)name[0])) {
-            ERR_N(L, at, "invalid variable name in ${...}");
+            if (secret)
+                ERR_N(L, at, "invalid ${...} expansion in the value of %s", key);
+            else
+                ERR_N(L, at, "invalid variable name in ${...}");
             rv = KK_ECONFIG;
             goto out;
         }
         char vname[256];
         if (nlen >= sizeof(vname)) {
-            ERR_N(L, at, "variable name too long");
+            if (secret)
+                ERR_N(L, at, "invalid ${...} expansion in the value of %s", key);
+            else
+                ERR_N(L, at, "variable name too long");
             rv = KK_ECONFIG;
             goto out;
         }
@@ -271,6 +287,10 @@ static int expand(struct loader *L, const yaml_node_t *at, const char *s, size_t
             PUT(def, dlen);
         } else if (val) {
             /* set but empty: ${VAR} gives "", as a shell does */
+        } else if (secret) {
+            ERR_N(L, at, "an environment variable in the value of %s is not set", key);
+            rv = KK_ECONFIG;
+            goto out;
         } else {
             ERR_N(L, at, "environment variable %s is not set", vname);
             rv = KK_ECONFIG;
@@ -299,7 +319,7 @@ static int scalar_text(struct loader *L, const yaml_node_t *n, const char *what,
         *out = "";
         return 0;
     }
-    int rv = expand(L, n, (const char *)n->data.scalar.value, n->data.scalar.length, out);
+    int rv = expand(L, n, what, (const char *)n->data.scalar.value, n->data.scalar.length, out);
     if (rv == KK_ENOMEM)
         L->nomem = true;
     return rv;
@@ -510,7 +530,7 @@ static bool enum_has(const char *list, const char *v)
 static void check_value(struct loader *L, const struct kk_prop_rule *r, const struct kk_prop *p)
 {
     const char *v = p->value;
-    bool secret = (r->flags & PF_SECRET) != 0;
+    bool secret = (r->flags & PF_SECRET) != 0 || kk_prop_is_secret(p->key);
     for (const char *c = v; *c; c++) {
         if ((unsigned char)*c < 0x20 && *c != '\t') {
             err_at(L, p->line, p->col, "property %s: control character in value", p->key);
@@ -1120,12 +1140,39 @@ bool kk_props_bool(const struct kk_props *p, const char *key, bool def)
     return v && kk_parse_bool(v, &b) == 0 ? b : def;
 }
 
+/* Whether lowercase s ends with suffix. */
+static bool ends_with(const char *s, size_t n, const char *suffix)
+{
+    size_t k = strlen(suffix);
+    return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+/* By pattern rather than by a list of names, so a misspelled, AWS-style or
+ * unknown key that looks like a secret is masked too (see config.h). */
 bool kk_prop_is_secret(const char *key)
 {
-    static const char *const secrets[] = {"aws_secret_key", "token", "auth_token", "aws_key"};
-    for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
-        if (strcasecmp(key, secrets[i]) == 0)
+    static const char *const parts[] = {"secret",     "token",      "password", "passwd", "passphrase",
+                                        "credential", "access_key", "apikey",   "api_key"};
+    /* keys ending in _key that name data, not a credential */
+    static const char *const data_keys[] = {"partition_key", "hash_key", "routing_key", "sort_key"};
+    char low[128];
+    size_t n = 0;
+    if (!key)
+        return false;
+    for (; key[n] && n < sizeof(low) - 1; n++)
+        low[n] = (char)tolower((unsigned char)key[n]);
+    low[n] = '\0';
+    if (key[n])
+        return true; /* longer than any key we know: do not guess, mask */
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        if (strstr(low, parts[i]))
             return true;
-    }
-    return false;
+    if (strcmp(low, "aws_key") == 0)
+        return true;
+    if (!ends_with(low, n, "_key"))
+        return false;
+    for (size_t i = 0; i < sizeof(data_keys) / sizeof(data_keys[0]); i++)
+        if (ends_with(low, n, data_keys[i]))
+            return false;
+    return true;
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "kk/b64.h"
 #include "kk/clock.h"
@@ -174,6 +175,10 @@ static int parse_put_records(struct kk_kinesis_req *r, const struct kk_request *
                                      "- missing required field, PutRecordsInput.Records.\n"));
         return fail(err, xprintf("json: cannot unmarshal %s into Go value of type map[string][]uint8", what));
     }
+    /* One entry per member, in document order, duplicates included: with a
+     * partition key given twice, Go's map (kubemq-targets) keeps only the
+     * last value and sends one record; we send every entry, so no record is
+     * dropped without a word (see kinesis.h). */
     size_t n = 0;
     for (cJSON *c = root->child; c; c = c->next)
         n++;
@@ -616,6 +621,64 @@ static void normalise_code(const char *s, const char **out, size_t *n)
     *n = len - (size_t)(start - s);
 }
 
+/* AWS signature errors echo the canonical request and the string to sign,
+ * which carry the session token (x-amz-security-token) and the credential
+ * scope; other errors may quote a header too.  Such text must not reach a
+ * reply or a log.  For auth-class errors the message is cut before "The
+ * Canonical String"; in any message what follows a secret-bearing marker is
+ * masked (to the line end for a header, to a separator for a parameter). */
+static const struct {
+    const char *mark;
+    const char *stop;
+} masks[] = {
+    {"x-amz-security-token:", "\r\n"},
+    {"x-amz-security-token=", "&'\" \t\r\n"},
+    {"credential=", "/,'\" \t\r\n"},
+    {"signature=", "&,'\" \t\r\n"},
+};
+
+static char *clean_message(const char *msg, bool auth)
+{
+    size_t n = strlen(msg);
+    if (auth) {
+        const char *cut = strstr(msg, "The Canonical String");
+        if (cut)
+            n = (size_t)(cut - msg);
+        while (n > 0 && (msg[n - 1] == ' ' || msg[n - 1] == '\n' || msg[n - 1] == '\r' || msg[n - 1] == '\t'))
+            n--;
+    }
+    /* Each mask replaces a value after a marker of >= 10 characters by "***". */
+    char *out = malloc(n + 3 * (n / 10 + 1) + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0, i = 0;
+    while (i < n) {
+        size_t skip = 0;
+        for (size_t m = 0; m < sizeof(masks) / sizeof(masks[0]) && !skip; m++) {
+            size_t ml = strlen(masks[m].mark);
+            if (ml <= n - i && strncasecmp(msg + i, masks[m].mark, ml) == 0) {
+                memcpy(out + o, msg + i, ml);
+                o += ml;
+                size_t v = i + ml;
+                while (v < n && !strchr(masks[m].stop, msg[v]))
+                    v++;
+                if (v > i + ml) {
+                    memcpy(out + o, "***", 3);
+                    o += 3;
+                }
+                skip = v - i;
+            }
+        }
+        if (skip) {
+            i += skip;
+        } else {
+            out[o++] = msg[i++];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 int kk_kinesis_error_parse(int status, const char *body, size_t len, const char *code_hdr,
                            struct kk_kinesis_error *e)
 {
@@ -637,7 +700,9 @@ int kk_kinesis_error_parse(int status, const char *body, size_t len, const char 
         normalise_code(src, &code, &cn);
     const struct code_info *ci = cn ? find_code(code, cn) : NULL;
     if (cn) {
-        e->text = xprintf("%.*s: %s", (int)cn, code, msg ? msg : "");
+        char *clean = clean_message(msg ? msg : "", ci && ci->cls == KK_KCLASS_AUTH);
+        e->text = clean ? xprintf("%.*s: %s", (int)cn, code, clean) : NULL;
+        free(clean);
         e->code = ci ? ci->code : "Unknown";
     } else {
         e->text = xprintf("UnknownError: status code: %d", status);

@@ -32,6 +32,10 @@
 #define ERR_CODES_MAX 48              /* distinct error codes counted (codes are static strings) */
 #define SCRATCH_KEEP (256u * 1024u)   /* a larger body buffer is released before the next body */
 #define SPARE_MAX 1024                /* released call states kept for reuse (no malloc per request) */
+/* The smallest retry delay we assume the binding waits (kubemq-targets' base
+ * delay): with less time than this left before the request deadline no retry
+ * will be made, so a partial PutRecords result is answered as final. */
+#define MIN_RETRY_DELAY_MS 100
 
 struct kcall;
 
@@ -316,7 +320,12 @@ static bool on_success(struct kcall *kc, const struct kk_http_response *resp, st
         enum kk_kclass cls = e ? kk_kinesis_classify(e->err_code, 0, &throttle) : KK_KCLASS_OK;
         if (throttle)
             kc->t->throttles++;
-        if (failed > 0 && cls == KK_KCLASS_RETRYABLE && kc->call->attempt + 1 < kc->call->max_attempts) {
+        /* The last attempt also when the deadline leaves no room for a retry:
+         * reporting a retryable error then would lose the records written. */
+        uint64_t dl = kc->call->deadline_ms;
+        bool last = kc->call->attempt + 1 >= kc->call->max_attempts ||
+                    (dl != 0 && kk_mono_ms() + MIN_RETRY_DELAY_MS > dl);
+        if (failed > 0 && cls == KK_KCLASS_RETRYABLE && !last) {
             /* Only the failed entries go out next time (the body is built
              * from the entries' states at send time); successes are kept. */
             char *text = NULL;

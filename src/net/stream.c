@@ -51,6 +51,10 @@
 #define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 #define MAX_ALPN 4
 #define HOST_MAX 255
+/* kk_stream_close with output still queued keeps writing it for at most this
+ * long (then FIN, and the peer's EOF awaited within the same bound) before
+ * the socket is closed: callers flush their last replies and close at once. */
+#define LINGER_MS 2000
 
 struct kk_tls_ctx {
     mbedtls_ssl_config conf;
@@ -83,6 +87,7 @@ struct kk_stream {
     uv_getaddrinfo_t *gai; /* only while a name is resolved (numeric hosts skip it) */
     uv_connect_t creq;
     uv_write_t wreq;
+    uv_shutdown_t sreq;
     struct kk_stream_cbs cbs;
     void *user;
     struct kk_tls_ctx *tls;
@@ -99,6 +104,8 @@ struct kk_stream {
     bool write_active; /* wreq is in flight */
     bool in_pump;      /* guards tls_pump against re-entry via read_start */
     bool resumed;
+    bool lingering;   /* closing, but still draining queued output (kk_stream_close) */
+    bool shut_sent;   /* lingering: the queue drained and uv_shutdown was issued */
     int last_err;     /* last per-address connect error */
     int deferred_err; /* error found inside kk_stream_write, delivered from the loop */
 
@@ -139,6 +146,7 @@ static void connect_next(struct kk_stream *s);
 static void on_timer(uv_timer_t *t);
 static void on_tcp_closed_retry(uv_handle_t *h);
 static void update_reading(struct kk_stream *s);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 
 /* ---- TLS context ------------------------------------------------------- */
 
@@ -337,21 +345,92 @@ static void close_handles(struct kk_stream *s)
         uv_cancel((uv_req_t *)s->gai);
 }
 
+/* Lingering close: bytes of the socket are read and discarded (unread input
+ * would make the kernel answer our close with a reset that drops the tail of
+ * what we sent); EOF before our FIN only stops reading, anything else ends
+ * the linger. */
+static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct kk_stream *s = st->data;
+    (void)buf;
+    if (nread >= 0 || !s->lingering)
+        return;
+    if (nread == UV_EOF && !s->shut_sent) {
+        uv_read_stop(st); /* half-closed peer: it may still read what we send */
+        s->uv_reading = false;
+        return;
+    }
+    s->lingering = false;
+    close_handles(s);
+}
+
+static void on_linger_timeout(uv_timer_t *t)
+{
+    struct kk_stream *s = t->data;
+    if (!s->lingering)
+        return;
+    KK_DEBUG(SCOPE, "close %s:%u: %zu queued bytes not taken within %d ms", s->host, s->port,
+             kk_stream_pending(s), LINGER_MS);
+    s->lingering = false;
+    close_handles(s);
+}
+
+static void on_linger_shutdown(uv_shutdown_t *req, int status)
+{
+    struct kk_stream *s = req->data;
+    /* FIN is out; wait for the peer's EOF (on_linger_read) unless this failed
+     * or nothing reads the socket anymore. */
+    if (s->lingering && (status < 0 || !s->uv_reading)) {
+        s->lingering = false;
+        close_handles(s);
+    }
+}
+
+/* Lingering and the queue is empty: FIN after the last byte, then close. */
+static void linger_drained(struct kk_stream *s)
+{
+    if (!s->lingering || s->shut_sent || s->write_active || kk_stream_pending(s) > 0)
+        return;
+    s->shut_sent = true;
+    s->sreq.data = s;
+    if (uv_shutdown(&s->sreq, (uv_stream_t *)&s->tcp, on_linger_shutdown) < 0) {
+        s->lingering = false;
+        close_handles(s);
+    }
+}
+
 void kk_stream_close(struct kk_stream *s)
 {
     if (!s || s->closing)
         return;
     s->closing = true;
-    if (s->tls && s->state == ST_OPEN && !s->write_active) {
-        /* Best effort: the alert goes out only if the kernel takes it now. */
-        size_t before = s->out.len;
-        mbedtls_ssl_close_notify(s->ssl);
-        if (s->out.len > before && s->out_off < s->out.len) {
-            uv_buf_t b = uv_buf_init(s->out.base + s->out_off, (unsigned)(s->out.len - s->out_off));
-            uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
-        }
+    /* A failed stream (or one with a failure still to report) closes at once. */
+    if (s->state != ST_OPEN || s->deferred_err || !s->tcp_inited) {
+        close_handles(s);
+        return;
     }
-    close_handles(s);
+    if (s->tls && s->ssl)
+        mbedtls_ssl_close_notify(s->ssl); /* appends the alert after the queued records */
+    if (s->out.len == s->out_off && !s->write_active) {
+        close_handles(s);
+        return;
+    }
+    /* Output is queued: keep writing it, bounded by LINGER_MS.  No on_read
+     * runs from here on (user reads are replaced by on_linger_read). */
+    s->lingering = true;
+    if (s->uv_reading)
+        uv_read_stop((uv_stream_t *)&s->tcp);
+    s->uv_reading = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_linger_read) == 0;
+    /* From now, not from the loop's cached time: the caller may have spent
+     * long in this loop turn (encrypting a large write, say). */
+    uv_update_time(s->loop);
+    uv_timer_start(&s->timer, on_linger_timeout, LINGER_MS, 0);
+    flush(s);
+    if (s->lingering && s->out.len == s->out_off && !s->write_active) {
+        /* Everything went out right away: no FIN dance needed. */
+        s->lingering = false;
+        close_handles(s);
+    }
 }
 
 /* Connect failed (or timed out): report once; the user closes. */
@@ -677,8 +756,18 @@ static void on_write(uv_write_t *req, int status)
     s->write_active = false;
     drain_buf(&s->fly);
     s->fly_off = 0;
-    if (s->closing)
+    if (s->closing) {
+        if (!s->lingering)
+            return;
+        if (status < 0) {
+            s->lingering = false;
+            close_handles(s);
+            return;
+        }
+        flush(s);
+        linger_drained(s);
         return;
+    }
     if (status < 0) {
         fail_stream(s, status);
         return;
@@ -690,7 +779,7 @@ static void on_write(uv_write_t *req, int status)
  * got EAGAIN from it), the rest via uv_write. */
 static void flush_ex(struct kk_stream *s, bool try_first)
 {
-    if (s->closing || s->write_active || s->out.len == s->out_off || !s->tcp_inited)
+    if ((s->closing && !s->lingering) || s->write_active || s->out.len == s->out_off || !s->tcp_inited)
         return;
     if (s->state != ST_OPEN && s->state != ST_HANDSHAKE)
         return;
@@ -720,6 +809,11 @@ static void flush_ex(struct kk_stream *s, bool try_first)
     if (rv < 0) {
         kk_buf_reset(&s->fly);
         s->fly_off = 0;
+        if (s->lingering) {
+            s->lingering = false;
+            close_handles(s);
+            return;
+        }
         fail_later(s, rv);
         return;
     }

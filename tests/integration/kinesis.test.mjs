@@ -14,10 +14,11 @@ const KEY = 'AKIDF2TEST';
 const SECRET = 'f2-secret-never-logged';
 
 // Runs the driver; resolves {code, out: [Response...], stderr}.
-function drive(props, requests, { attempts = 1, concurrency = 1, timeoutMs = 30000, backoffMs = 20, metrics = false } = {}) {
+function drive(props, requests, { attempts = 1, concurrency = 1, timeoutMs = 30000, backoffMs = 20, metrics = false, deadlineMs = 0 } = {}) {
     const args = ['--attempts', String(attempts), '--concurrency', String(concurrency), '--backoff-ms', String(backoffMs),
         '--timeout-ms', String(timeoutMs)];
     if (metrics) args.push('--metrics');
+    if (deadlineMs) args.push('--deadline-ms', String(deadlineMs));
     for (const [k, v] of Object.entries(props)) args.push(`${k}=${v}`);
     for (const r of requests) args.push(typeof r === 'string' ? r : JSON.stringify(r));
     // KK_VALGRIND=1 runs the driver under valgrind (leaks and errors fail the run: exit 99).
@@ -222,6 +223,53 @@ describe('fault server', () => {
         assert.equal(last.Records[1].ErrorCode, null);
         assert.match(last.Records[1].SequenceNumber, /^\d+$/);
         assert.match(r.stderr, /^partial 0$/m);
+    });
+
+    test('PutRecords partial failure with no time left for a retry answers the partial output', async () => {
+        // The deadline (50 ms) is below the smallest retry delay (100 ms): the first answer is final,
+        // so the records written are reported, not turned into an error the caller cannot retry.
+        const data = { a: b64('A'), b: b64('B'), c: b64('C') };
+        const req = { metadata: { method: 'put_records', stream_name: 'fault' }, data: b64(JSON.stringify(data)) };
+        reset([{ partial: [1] }, 'ok']);
+        const r = await drive(props, [req], { attempts: 3, deadlineMs: 50 });
+        assertOk(r.out[0]);
+        assert.equal(srv.requests.length, 1);
+        const out = dataOf(r.out[0]);
+        assert.equal(out.FailedRecordCount, 1);
+        assert.equal(out.Records[1].ErrorCode, 'ProvisionedThroughputExceededException');
+        assert.match(out.Records[0].SequenceNumber, /^\d+$/);
+        assert.match(out.Records[2].SequenceNumber, /^\d+$/);
+        assert.match(r.stderr, /^partial 0$/m);
+        // With time left the partial failure is still retried.
+        reset([{ partial: [1] }, 'ok']);
+        const r2 = await drive(props, [req], { attempts: 3, deadlineMs: 5000 });
+        assertOk(r2.out[0]);
+        assert.equal(srv.requests.length, 2);
+        assert.equal(dataOf(r2.out[0]).FailedRecordCount, 0);
+    });
+
+    test('a signature error never echoes the session token or the canonical request', async () => {
+        const token = 'FQoGZXIvYXdzEXAMPLEsessionTOKENvalue0123456789';
+        const msg = 'The request signature we calculated does not match the signature you provided. Check your AWS '
+            + 'Secret Access Key and signing method. Consult the service documentation for details.\n\nThe Canonical '
+            + "String for this request should have been\n'POST\n/\n\ncontent-type:application/x-amz-json-1.1\n"
+            + `host:kinesis.us-east-1.amazonaws.com\nx-amz-date:20260101T000000Z\nx-amz-security-token:${token}\n`
+            + "x-amz-target:Kinesis_20131202.PutRecord\n\ncontent-type;host;x-amz-date;x-amz-security-token;x-amz-target\n"
+            + "abc'\n\nThe String-to-Sign should have been\n'AWS4-HMAC-SHA256\n20260101T000000Z\n"
+            + "20260101/us-east-1/kinesis/aws4_request\nabc'";
+        const sig = { status: 400, code: 'InvalidSignatureException', message: msg };
+        reset([sig, sig]);
+        let r = await drive(props, [put], { attempts: 1 });
+        assert.equal(srv.requests.length, 2);
+        assert.equal(r.out[0].error, 'InvalidSignatureException: The request signature we calculated does not match '
+            + 'the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service '
+            + 'documentation for details.');
+        assert.doesNotMatch(r.stderr + JSON.stringify(r.out), new RegExp(token));
+        // Any error: a quoted token header is masked to the line end.
+        reset([{ status: 400, code: 'ValidationException', message: `bad header x-amz-security-token:${token}\nnext line` }]);
+        r = await drive(props, [put], { attempts: 1 });
+        assert.equal(r.out[0].error, 'ValidationException: bad header x-amz-security-token:***\nnext line');
+        assert.doesNotMatch(r.stderr + JSON.stringify(r.out), new RegExp(token));
     });
 
     test('reset mid-response is retried', async () => {

@@ -10,6 +10,9 @@
  *   --attempts N     attempts per request, as the binding's retry_attempts (default 1)
  *   --backoff-ms N   delay before attempt k is N * 2^(k-1) ms, capped at 2 s (default 50)
  *   --timeout-ms N   whole run bound; unfinished requests fail (default 60000)
+ *   --deadline-ms N  each request's deadline (call->deadline_ms), N ms after it
+ *                    starts; as the binding, no retry is made whose delay would
+ *                    pass it (default 0: none)
  *   --metrics        prints the target's metrics to stderr at the end
  * Prints one Response JSON line per request, in input order, plus
  * "attempt <i> <k>: <error>" lines on stderr; exits 0 when every handle
@@ -22,6 +25,7 @@
 #include <uv.h>
 
 #include "kk/buf.h"
+#include "kk/clock.h"
 #include "kk/config.h"
 #include "kk/err.h"
 #include "kk/request.h"
@@ -45,6 +49,7 @@ static struct job *jobs;
 static size_t n_jobs, next_job, n_running, n_finished;
 static unsigned concurrency = 1, attempts = 1, backoff_ms = 50;
 static uint64_t timeout_ms = 60000;
+static uint64_t deadline_ms;
 static uv_timer_t guard;
 static bool closing;
 static bool print_metrics;
@@ -102,8 +107,13 @@ static void on_done(struct kk_target_call *call, struct kk_result *res)
         if (res->retryable && call->attempt + 1 < call->max_attempts && !closing) {
             call->attempt++;
             uint64_t d = (uint64_t)backoff_ms << (call->attempt - 1 < 10 ? call->attempt - 1 : 10);
-            uv_timer_start(&j->backoff, on_backoff, d > 2000 ? 2000 : d, 0);
-            return;
+            if (d > 2000)
+                d = 2000;
+            if (!call->deadline_ms || kk_mono_ms() + d < call->deadline_ms) {
+                uv_timer_start(&j->backoff, on_backoff, d, 0);
+                return;
+            }
+            fprintf(stderr, "deadline %zu: no retry\n", j->idx);
         }
         job_finish(j, response_line(NULL, 0, NULL, 0, true, res->error ? res->error : "error"));
         return;
@@ -132,6 +142,8 @@ static void start_more(void)
             job_finish(j, response_line(NULL, 0, NULL, 0, true, msg));
             continue;
         }
+        if (deadline_ms)
+            j->call.deadline_ms = kk_mono_ms() + deadline_ms;
         submit(j);
     }
 }
@@ -228,6 +240,8 @@ int main(int argc, char **argv)
             backoff_ms = (unsigned)atoi(argv[++i]);
         } else if (strcmp(a, "--timeout-ms") == 0 && i + 1 < argc) {
             timeout_ms = (uint64_t)atoll(argv[++i]);
+        } else if (strcmp(a, "--deadline-ms") == 0 && i + 1 < argc) {
+            deadline_ms = (uint64_t)atoll(argv[++i]);
         } else if (strcmp(a, "--metrics") == 0) {
             print_metrics = true;
         } else if (a[0] == '{') {

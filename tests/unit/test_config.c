@@ -319,6 +319,94 @@ static void test_secret_redaction(void **state)
     kk_diag_free(&d);
 }
 
+/* The mask rule covers misspelled, AWS-style and unknown keys (config.h). */
+static void test_secret_key_rule(void **state)
+{
+    (void)state;
+    static const char *const secret[] = {
+        "aws_secret_key",
+        "AWS_SECRET_ACCESS_KEY",
+        "aws_secret_acess_key",
+        "secret_key",
+        "secret",
+        "token",
+        "auth_token",
+        "session_token",
+        "x-amz-security-token",
+        "password",
+        "db_passwd",
+        "passphrase",
+        "credentials",
+        "aws_key",
+        "AWS_Key",
+        "api_key",
+        "apikey",
+        "access_key",
+        "aws_access_key_id",
+        "client_key",
+        "private_key",
+    };
+    static const char *const plain[] = {
+        "region",
+        "endpoint",
+        "tls_key_file",
+        "tls_cert_file",
+        "partition_key",
+        "explicit_hash_key",
+        "routing_key",
+        "channel",
+        "client_id",
+        "key",
+        "max_connections",
+        "stream_name",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+        if (!kk_prop_is_secret(secret[i]))
+            fail_msg("%s should be secret", secret[i]);
+    for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+        if (kk_prop_is_secret(plain[i]))
+            fail_msg("%s should not be secret", plain[i]);
+    char longkey[200];
+    memset(longkey, 'a', sizeof(longkey) - 1);
+    longkey[sizeof(longkey) - 1] = '\0';
+    assert_true(kk_prop_is_secret(longkey));
+    assert_false(kk_prop_is_secret(NULL));
+}
+
+/* A broken ${...} in a secret's value is reported by key only: the raw text
+ * (which may be the secret itself) and any variable name in it stay out. */
+static void test_secret_expansion_errors(void **state)
+{
+    (void)state;
+    unsetenv("KK_T_PWUNSET");
+    struct kk_diag d = load_bad("bindings:\n  - name: a\n"
+                                "    source: {kind: kubemq.query, properties: {address: 'a:1', channel: c,"
+                                " auth_token: \"Pa55${w0rd\"}}\n"
+                                "    target:\n      kind: aws.kinesis\n      properties:\n"
+                                "        aws_secret_key: \"My${Pa55 w0rd}x\"\n"
+                                "        aws_secret_access_key: \"${KK_T_PWUNSET}\"\n"
+                                "        token: \"${}Pa55w0rd\"\n"
+                                "        region: \"${bad region}\"\n");
+    for (size_t i = 0; i < d.n_errors; i++) {
+        assert_null(strstr(d.errors[i], "Pa55"));
+        assert_null(strstr(d.errors[i], "w0rd"));
+        assert_null(strstr(d.errors[i], "KK_T_PWUNSET"));
+    }
+    assert_true(
+        has_msg(d.errors, d.n_errors, "t.yaml:3:87: invalid ${...} expansion in the value of auth_token"));
+    assert_true(has_msg(d.errors, d.n_errors,
+                        "t.yaml:7:25: invalid ${...} expansion in the value of aws_secret_key"));
+    assert_true(
+        has_msg(d.errors, d.n_errors,
+                "t.yaml:8:32: an environment variable in the value of aws_secret_access_key is not set"));
+    assert_true(has_msg(d.errors, d.n_errors, "t.yaml:9:16: invalid ${...} expansion in the value of token"));
+    /* not a secret: the reference is quoted as before */
+    assert_true(has_msg(d.errors, d.n_errors, "t.yaml:10:17: invalid variable reference ${bad region}"));
+    assert_int_equal(d.n_errors, 5);
+    kk_diag_free(&d);
+}
+
 static void test_aliases(void **state)
 {
     (void)state;
@@ -649,6 +737,8 @@ int main(void)
         cmocka_unit_test(test_small_errors),
         cmocka_unit_test(test_env_expansion),
         cmocka_unit_test(test_secret_redaction),
+        cmocka_unit_test(test_secret_key_rule),
+        cmocka_unit_test(test_secret_expansion_errors),
         cmocka_unit_test(test_aliases),
         cmocka_unit_test(test_host_port),
         cmocka_unit_test(test_case_and_scalars),

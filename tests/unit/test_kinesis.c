@@ -538,6 +538,59 @@ static void test_errors(void **state)
     kk_kinesis_error_free(&e);
 }
 
+/* Signature errors echo the canonical request (with the session token) and
+ * the string to sign: neither reaches the error text. */
+static void test_error_scrub(void **state)
+{
+    (void)state;
+    struct kk_kinesis_error e;
+    const char *b1 = "{\"__type\":\"InvalidSignatureException\",\"message\":\"The request signature we "
+                     "calculated does not match the signature you provided. Check your AWS Secret Access Key "
+                     "and signing method. Consult the service documentation for details.\\n\\nThe Canonical "
+                     "String for this request should have been\\n'POST\\n/\\n\\nhost:h\\n"
+                     "x-amz-security-token:SESSIONTOK123\\n'\\n\\nThe String-to-Sign should have been\\n"
+                     "'AWS4-HMAC-SHA256\\n20260101T000000Z\\n20260101/us-east-1/kinesis/aws4_request\\nx'\"}";
+    assert_int_equal(kk_kinesis_error_parse(400, b1, strlen(b1), NULL, &e), 0);
+    assert_string_equal(e.text,
+                        "InvalidSignatureException: The request signature we calculated does not match "
+                        "the signature you provided. Check your AWS Secret Access Key and signing "
+                        "method. Consult the service documentation for details.");
+    assert_int_equal(e.cls, KK_KCLASS_AUTH);
+    kk_kinesis_error_free(&e);
+    /* any class: a token header, a query token and a credential are masked */
+    const char *b2 =
+        "{\"__type\":\"ValidationException\",\"message\":\"X-Amz-Security-Token:SESSIONTOK123\\r\\n"
+        "q?X-Amz-Security-Token=SESSIONTOK123&a=b Authorization=AWS4-HMAC-SHA256 "
+        "Credential=AKIDSESSIONTOK123/20260101/us-east-1/kinesis/aws4_request, "
+        "Signature=abcdef\"}";
+    assert_int_equal(kk_kinesis_error_parse(400, b2, strlen(b2), NULL, &e), 0);
+    assert_null(strstr(e.text, "SESSIONTOK123"));
+    assert_null(strstr(e.text, "abcdef"));
+    assert_string_equal(e.text,
+                        "ValidationException: X-Amz-Security-Token:***\r\nq?X-Amz-Security-Token=***&a=b "
+                        "Authorization=AWS4-HMAC-SHA256 Credential=***/20260101/us-east-1/kinesis/"
+                        "aws4_request, Signature=***");
+    kk_kinesis_error_free(&e);
+    /* an auth error without the echo is kept whole */
+    const char *b3 = "{\"__type\":\"ExpiredTokenException\",\"message\":\"The security token included in the "
+                     "request is expired\"}";
+    assert_int_equal(kk_kinesis_error_parse(400, b3, strlen(b3), NULL, &e), 0);
+    assert_string_equal(e.text,
+                        "ExpiredTokenException: The security token included in the request is expired");
+    kk_kinesis_error_free(&e);
+}
+
+/* A partition key given twice gives two records (Go's map would keep one). */
+static void test_put_records_duplicate_keys(void **state)
+{
+    (void)state;
+    /* {"a":"aGk=","a":"eW8="} */
+    expect_body("{\"metadata\":{\"method\":\"put_records\",\"stream_name\":\"s\"},"
+                "\"data\":\"eyJhIjoiYUdrPSIsImEiOiJlVzg9In0=\"}",
+                "{\"Records\":[{\"Data\":\"aGk=\",\"PartitionKey\":\"a\"},{\"Data\":\"eW8=\","
+                "\"PartitionKey\":\"a\"}],\"StreamName\":\"s\"}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -550,6 +603,8 @@ int main(void)
         cmocka_unit_test(test_outputs),
         cmocka_unit_test(test_put_records_partial),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_error_scrub),
+        cmocka_unit_test(test_put_records_duplicate_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -431,6 +431,178 @@ static void test_connect_sync_errors(void **state)
 
 /* ---- TLS fixtures ------------------------------------------------------ */
 
+/* ---- graceful close ---------------------------------------------------- */
+
+#define LINGER_BYTES (8u << 20)
+
+/* A sink server for one connection: it does not read for 200 ms, then reads
+ * everything, checking the byte pattern, until EOF; or (reset) it resets the
+ * connection after 100 ms without reading. */
+struct sink {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_tcp_t conn;
+    uv_timer_t timer;
+    bool reset;
+    bool have_conn;
+    bool eof;
+    bool bad; /* a byte differed from the pattern */
+    size_t got;
+    uint16_t port;
+    char buf[65536];
+};
+
+static unsigned char pattern_at(size_t i)
+{
+    return (unsigned char)(i % 251);
+}
+
+static void on_sink_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    struct sink *k = h->data;
+    *b = uv_buf_init(k->buf, sizeof(k->buf));
+}
+
+static void on_sink_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    struct sink *k = st->data;
+    if (n < 0) {
+        k->eof = true;
+        uv_read_stop(st);
+        return;
+    }
+    for (ssize_t i = 0; i < n; i++)
+        if ((unsigned char)b->base[i] != pattern_at(k->got + (size_t)i))
+            k->bad = true;
+    k->got += (size_t)n;
+}
+
+static void on_sink_timer(uv_timer_t *t)
+{
+    struct sink *k = t->data;
+    if (k->reset)
+        uv_tcp_close_reset(&k->conn, NULL);
+    else
+        uv_read_start((uv_stream_t *)&k->conn, on_sink_alloc, on_sink_read);
+}
+
+static void on_sink_conn(uv_stream_t *l, int status)
+{
+    struct sink *k = l->data;
+    assert_int_equal(status, 0);
+    assert_false(k->have_conn);
+    uv_tcp_init(k->loop, &k->conn);
+    k->conn.data = k;
+    assert_int_equal(uv_accept(l, (uv_stream_t *)&k->conn), 0);
+    /* A small receive buffer so the kernel cannot take 8 MiB at once. */
+    int rcv = 64 * 1024;
+    uv_recv_buffer_size((uv_handle_t *)&k->conn, &rcv);
+    k->have_conn = true;
+    uv_timer_start(&k->timer, on_sink_timer, k->reset ? 100 : 200, 0);
+}
+
+static void sink_start(struct sink *k, uv_loop_t *loop, bool reset)
+{
+    memset(k, 0, sizeof(*k));
+    k->loop = loop;
+    k->reset = reset;
+    uv_tcp_init(loop, &k->listener);
+    uv_timer_init(loop, &k->timer);
+    k->listener.data = k;
+    k->timer.data = k;
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    assert_int_equal(uv_tcp_bind(&k->listener, (struct sockaddr *)&sa, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&k->listener, 4, on_sink_conn), 0);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    uv_tcp_getsockname(&k->listener, (struct sockaddr *)&ss, &len);
+    k->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static void sink_stop(struct sink *k)
+{
+    if (k->have_conn && !uv_is_closing((uv_handle_t *)&k->conn))
+        uv_close((uv_handle_t *)&k->conn, NULL);
+    uv_close((uv_handle_t *)&k->timer, NULL);
+    uv_close((uv_handle_t *)&k->listener, NULL);
+}
+
+static bool sink_eof(void *arg)
+{
+    return ((struct sink *)arg)->eof;
+}
+
+/* 8 MiB of the pattern, written in 1 MiB pieces. */
+static void write_pattern(struct kk_stream *s)
+{
+    size_t piece = 1u << 20;
+    unsigned char *p = malloc(piece);
+    assert_non_null(p);
+    for (size_t off = 0; off < LINGER_BYTES; off += piece) {
+        for (size_t i = 0; i < piece; i++)
+            p[i] = pattern_at(off + i);
+        uv_buf_t b = uv_buf_init((char *)p, (unsigned)piece);
+        assert_int_equal(kk_stream_write(s, &b, 1), 0);
+    }
+    free(p);
+}
+
+/* Queued output survives kk_stream_close: the peer gets every byte although
+ * it read nothing for 200 ms after the close. */
+static void test_plain_close_drains(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct sink k;
+    sink_start(&k, &loop, false);
+    struct cli c;
+    cli_init(&c);
+    assert_int_equal(kk_stream_connect(&loop, "127.0.0.1", k.port, NULL, 2000, &cli_cbs, &c, &c.s), 0);
+    assert_true(run_until(&loop, cli_connected, &c, 2000));
+    assert_int_equal(c.connect_status, 0);
+    write_pattern(c.s);
+    assert_true(kk_stream_pending(c.s) > 0); /* the test needs a queue at close */
+    c.closed_by_us = true;
+    uint64_t t0 = kk_mono_ms();
+    kk_stream_close(c.s);
+    kk_stream_close(c.s);
+    assert_true(run_until(&loop, cli_closed, &c, 3000));
+    assert_true(run_until(&loop, sink_eof, &k, 1000));
+    assert_true(kk_mono_ms() - t0 >= 150);
+    assert_int_equal(c.closed, 1);
+    assert_int_equal(c.reads_after_close, 0);
+    assert_int_equal(k.got, LINGER_BYTES);
+    assert_false(k.bad);
+    kk_buf_free(&c.got);
+    sink_stop(&k);
+    finish_loop(&loop);
+}
+
+/* A peer that resets ends the linger at once. */
+static void test_plain_close_reset(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct sink k;
+    sink_start(&k, &loop, true);
+    struct cli c;
+    cli_init(&c);
+    assert_int_equal(kk_stream_connect(&loop, "127.0.0.1", k.port, NULL, 2000, &cli_cbs, &c, &c.s), 0);
+    assert_true(run_until(&loop, cli_connected, &c, 2000));
+    write_pattern(c.s);
+    c.closed_by_us = true;
+    uint64_t t0 = kk_mono_ms();
+    kk_stream_close(c.s);
+    assert_true(run_until(&loop, cli_closed, &c, 3000));
+    assert_true(kk_mono_ms() - t0 < 1000); /* well under the 2 s linger */
+    assert_int_equal(c.closed, 1);
+    assert_int_equal(c.reads_after_close, 0);
+    kk_buf_free(&c.got);
+    sink_stop(&k);
+    finish_loop(&loop);
+}
+
 static char tmpdir[64];
 static char ca_pem[128], ca2_pem[128], srv_pem[128], srv_key[128], cli_pem[128], cli_key[128];
 /* IP-address certificates: ip4 lists only IP:127.0.0.1, ip6 only IP:::1, and
@@ -499,8 +671,16 @@ static int tls_setup(void **state)
     return rc == 0 ? 0 : -1;
 }
 
+/* The running node sink (graceful close tests), killed here if a test
+ * failed midway, possibly while the test had it stopped. */
+static pid_t nsink_pid;
+
 static int tls_teardown(void **state)
 {
+    if (nsink_pid > 0) {
+        kill(nsink_pid, SIGKILL);
+        waitpid(nsink_pid, NULL, 0);
+    }
     sh("rm -rf %s", tmpdir);
     return 0;
 }
@@ -892,6 +1072,147 @@ static void test_tls_ctx_errors(void **state)
     assert_int_equal(kk_tls_ctx_new(&nokey, &ctx, err, sizeof(err)), KK_EINVAL);
 }
 
+/* ---- TLS graceful close ------------------------------------------------ */
+
+/* A node TLS server for one connection: checks the byte pattern up to EOF
+ * and writes "GOT <n> <ok>" to its output file (the test stops the process
+ * with SIGSTOP for the slow-reader part); or (argv "reset") never reads and
+ * resets the TCP connection 100 ms after the handshake. */
+static const char sink_js[] =
+    "const tls=require('tls'),fs=require('fs');\n"
+    "const [key,cert,out,mode]=process.argv.slice(2);\n"
+    "const log=(l)=>fs.appendFileSync(out,l+'\\n');\n"
+    "const srv=tls.createServer({key:fs.readFileSync(key),cert:fs.readFileSync(cert)});\n"
+    "let raw=null; srv.on('connection',(r)=>{ raw=r; });\n"
+    "srv.on('secureConnection',(s)=>{ let n=0,ok=true; s.on('error',()=>{});\n"
+    "  if(mode==='reset'){ s.pause(); setTimeout(()=>raw.resetAndDestroy(),100); return; }\n"
+    "  s.on('data',(d)=>{ for(let i=0;i<d.length;i++) if(d[i]!==(n+i)%251) ok=false; n+=d.length; });\n"
+    "  s.on('end',()=>{ log('GOT '+n+' '+(ok?1:0)); s.end(); srv.close(); }); });\n"
+    "srv.listen(0,'127.0.0.1',()=>log('PORT '+srv.address().port));\n"
+    "setTimeout(()=>process.exit(3),15000).unref();\n";
+
+struct nsink {
+    pid_t pid;
+    uint16_t port;
+    char out[160];
+};
+
+/* Reads "<key> <n> [<m>]" from the server's output; false until it appears. */
+static bool nsink_line(struct nsink *ns, const char *key, unsigned long *a, unsigned long *b)
+{
+    FILE *f = fopen(ns->out, "r");
+    char line[128], fmt[32];
+    bool found = false;
+    snprintf(fmt, sizeof(fmt), "%s %%lu %%lu", key);
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, fmt, a, b) >= 1)
+            found = true;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+static bool nsink_start(struct nsink *ns, const char *mode)
+{
+    char js[160];
+    snprintf(js, sizeof(js), "%s/sink.js", tmpdir);
+    FILE *f = fopen(js, "w");
+    assert_non_null(f);
+    fputs(sink_js, f);
+    fclose(f);
+    snprintf(ns->out, sizeof(ns->out), "%s/sink.%d.out", tmpdir, (int)kk_mono_ms());
+    unlink(ns->out);
+    char *argv[] = {"node", js, srv_key, srv_pem, ns->out, (char *)mode, NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    if (posix_spawnp(&ns->pid, "node", &fa, NULL, argv, environ) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return false;
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    nsink_pid = ns->pid;
+    unsigned long port = 0, unused = 0;
+    uint64_t end = kk_mono_ms() + 5000;
+    while (!nsink_line(ns, "PORT", &port, &unused) && kk_mono_ms() < end)
+        usleep(20000);
+    ns->port = (uint16_t)port;
+    return port != 0;
+}
+
+static void nsink_stop(struct nsink *ns)
+{
+    kill(ns->pid, SIGKILL);
+    waitpid(ns->pid, NULL, 0);
+    nsink_pid = 0;
+}
+
+struct nsink_wait {
+    struct nsink *ns;
+    unsigned long n, ok;
+};
+
+static bool nsink_got(void *arg)
+{
+    struct nsink_wait *w = arg;
+    return nsink_line(w->ns, "GOT", &w->n, &w->ok);
+}
+
+static void test_tls_close_drains(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct nsink ns;
+    assert_true(nsink_start(&ns, "drain"));
+    struct kk_tls_ctx *ctx = mkctx(ca_pem, "localhost", false, NULL);
+    struct cli c;
+    assert_int_equal(tls_connect_once(&loop, ctx, "127.0.0.1", ns.port, &c), 0);
+    /* The server reads nothing from before the writes until 200 ms after the close. */
+    assert_int_equal(kill(ns.pid, SIGSTOP), 0);
+    write_pattern(c.s);
+    assert_true(kk_stream_pending(c.s) > 0);
+    c.closed_by_us = true;
+    kk_stream_close(c.s);
+    run_until(&loop, never, NULL, 200);
+    assert_int_equal(c.closed, 0); /* still draining */
+    assert_int_equal(kill(ns.pid, SIGCONT), 0);
+    assert_true(run_until(&loop, cli_closed, &c, 3000));
+    assert_int_equal(c.closed, 1);
+    assert_int_equal(c.reads_after_close, 0);
+    /* The server saw a clean end (close_notify / FIN) after every byte. */
+    struct nsink_wait w = {&ns, 0, 0};
+    assert_true(run_until(&loop, nsink_got, &w, 3000));
+    assert_int_equal(w.n, LINGER_BYTES);
+    assert_int_equal(w.ok, 1);
+    kk_buf_free(&c.got);
+    nsink_stop(&ns);
+    kk_tls_ctx_free(ctx);
+    finish_loop(&loop);
+}
+
+static void test_tls_close_reset(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct nsink ns;
+    assert_true(nsink_start(&ns, "reset"));
+    struct kk_tls_ctx *ctx = mkctx(ca_pem, "localhost", false, NULL);
+    struct cli c;
+    assert_int_equal(tls_connect_once(&loop, ctx, "127.0.0.1", ns.port, &c), 0);
+    write_pattern(c.s);
+    c.closed_by_us = true;
+    uint64_t t0 = kk_mono_ms();
+    kk_stream_close(c.s);
+    assert_true(run_until(&loop, cli_closed, &c, 3000));
+    assert_true(kk_mono_ms() - t0 < 1000);
+    assert_int_equal(c.closed, 1);
+    assert_int_equal(c.reads_after_close, 0);
+    kk_buf_free(&c.got);
+    nsink_stop(&ns);
+    kk_tls_ctx_free(ctx);
+    finish_loop(&loop);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -902,6 +1223,8 @@ int main(void)
         cmocka_unit_test(test_plain_peer_close),
         cmocka_unit_test(test_close_while_connecting),
         cmocka_unit_test(test_connect_sync_errors),
+        cmocka_unit_test(test_plain_close_drains),
+        cmocka_unit_test(test_plain_close_reset),
     };
     const struct CMUnitTest tls[] = {
         cmocka_unit_test(test_tls_ctx_errors),
@@ -912,6 +1235,8 @@ int main(void)
         cmocka_unit_test(test_tls_ip_san_v4),
         cmocka_unit_test(test_tls_ip_san_mismatch),
         cmocka_unit_test(test_tls_ip_san_v6),
+        cmocka_unit_test(test_tls_close_drains),
+        cmocka_unit_test(test_tls_close_reset),
     };
     int rc = cmocka_run_group_tests_name("stream_plain", plain, NULL, NULL);
     rc |= cmocka_run_group_tests_name("stream_tls", tls, tls_setup, tls_teardown);
