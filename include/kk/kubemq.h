@@ -6,10 +6,18 @@
  * The client reconnects by itself (exponential backoff with full jitter,
  * bounded by max_reconnects when > 0) and then re-opens every live
  * subscription and queue stream; events-store subscriptions resume at the
- * last delivered sequence + 1.  Unary calls made while disconnected fail at
- * once with KK_ECLOSED, except a call the broker refused (GOAWAY below its
+ * last delivered sequence + 1.  Unary calls made while no connection is
+ * READY (connecting, reconnecting, after a GOAWAY) are kept and sent on the
+ * next READY connection, within their deadline (call_timeout_ms; past it
+ * cb gets KK_ETIMEOUT); at most 4096 such calls / 4 MiB of requests wait,
+ * past that the call fails at once with KK_EBUSY.  Once FAILED, unary calls
+ * fail at once with KK_ECLOSED.  A call the broker refused (GOAWAY below its
  * stream id, or RST_STREAM REFUSED_STREAM): nothing of it was processed, so
  * it is sent once more, on the next connection, within its deadline.
+ *
+ * Reconnect backoff: the attempt counter starts over only after a
+ * connection stayed READY for 10 s; a GOAWAY with an error code (or a second
+ * one within those 10 s) backs off like any other loss.
  *
  * Keepalive: a connection that received nothing for keepalive_idle_ms gets
  * an HTTP/2 PING; if nothing at all (ack or other frame) arrives within
@@ -46,6 +54,11 @@ struct kk_kmq_opts {
     uint16_t port;
     bool tls;
     struct kk_tls_opts tls_opts;      /* alpn is forced to "h2" */
+    /* Borrowed TLS context (made with alpn "h2" and the server name to verify);
+     * when set with tls, used instead of building one from tls_opts, so N
+     * clients to one broker parse the CA bundle once.  Must outlive the
+     * client: free it only after kk_kmq_client_close's done has run. */
+    struct kk_tls_ctx *tls_ctx;
     const char *auth_token;           /* "authorization" metadata; NULL or "" for none */
     bool auto_reconnect;              /* set true (the config default); false: FAILED on first loss */
     uint32_t reconnect_interval_ms;   /* backoff base; 0 -> 500 ms; cap 30 s */

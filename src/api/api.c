@@ -16,6 +16,7 @@
 #include "kk/err.h"
 #include "kk/http_server.h"
 #include "kk/log.h"
+#include "kk/prom.h"
 
 #define SCOPE "api"
 #define MAX_BODY ((size_t)8 << 20)
@@ -78,16 +79,7 @@ static void handle_ready(struct kk_api *api, struct kk_http_exchange *ex)
 static void prom_label(struct kk_buf *out, const char *name, const char *v, bool first)
 {
     kk_buf_printf(out, "%s%s=\"", first ? "" : ",", name);
-    for (const char *p = v ? v : ""; *p; p++) {
-        if (*p == '\\')
-            kk_buf_append_str(out, "\\\\");
-        else if (*p == '"')
-            kk_buf_append_str(out, "\\\"");
-        else if (*p == '\n')
-            kk_buf_append_str(out, "\\n");
-        else
-            kk_buf_append(out, p, 1);
-    }
+    kk_prom_label(out, v);
     kk_buf_append_str(out, "\"");
 }
 

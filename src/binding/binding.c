@@ -389,11 +389,9 @@ static enum step step_decode(struct req *r)
 {
     struct kk_binding *b = r->b;
     char perr[256] = "";
-    int rv;
-    if (b->raw)
-        rv = kk_request_raw(&r->rq, r->body, r->body_len);
-    else
-        rv = kk_request_parse(&r->rq, r->body, r->body_len, perr, sizeof(perr));
+    /* Parse and merge the binding's metadata in one allocation, the data
+     * decoded once (no parse-then-merge copy). */
+    int rv = kk_request_decode(&r->rq, r->body, r->body_len, b->raw, b->md, b->n_md, perr, sizeof(perr));
     r->body = NULL;
     if (rv < 0) {
         errs_set(r, "invalid request format, ", perr[0] ? perr : kk_strerror(rv));
@@ -402,18 +400,6 @@ static enum step step_decode(struct req *r)
         return STEP_AGAIN;
     }
     r->have_rq = true;
-    if (b->n_md) {
-        struct kk_request merged;
-        rv = kk_request_merge_md(&merged, &r->rq, b->md, b->n_md);
-        if (rv < 0) {
-            errs_add_attempt(r, 1, kk_strerror(rv));
-            r->is_error = true;
-            req_set_state(r, REQ_REPLYING);
-            return STEP_AGAIN;
-        }
-        kk_request_free(&r->rq);
-        r->rq = merged;
-    }
     req_set_state(r, REQ_DECODED);
     return STEP_AGAIN;
 }

@@ -51,6 +51,14 @@
 #define KEEP_BUF_MAX (64u << 10)         /* larger call buffers are never kept */
 #define FREE_BUF_BUDGET ((size_t)4 << 20) /* buffer bytes kept across free calls */
 #define PATH_PREFIX "/kubemq.kubemq/"
+/* Unary calls made while no connection is READY wait for the next one,
+ * within their deadline and these caps (past them: KK_EBUSY at once). */
+#define PARKED_MAX_CALLS 4096u
+#define PARKED_MAX_BYTES ((size_t)4 << 20)
+/* A connection counts as stable (the reconnect backoff starts over) only
+ * after it has been READY this long; a broker that closes or GOAWAYs every
+ * connection right after SETTINGS then meets a growing backoff, not a storm. */
+#define STABLE_MS 10000u
 
 struct link {
     struct link *prev, *next;
@@ -121,6 +129,7 @@ struct conn {
     uint64_t last_rx;
     uint64_t ping_at; /* when our unanswered keepalive PING went out */
     bool ping_out;
+    uint64_t ready_at;  /* when SETTINGS arrived (READY) */
     struct kk_buf wbuf; /* coalesced output of one flush */
 };
 
@@ -130,12 +139,15 @@ struct kk_kmq_client {
     char *host, *token, *scope;
     char authority[300];
     struct kk_tls_ctx *tls;
+    bool tls_owned; /* created here (else borrowed from opts.tls_ctx) */
     void (*on_state)(void *user, enum kk_kmq_state st, int err);
     void *user;
     enum kk_kmq_state state;
     struct conn *cur;
     struct link conns, subs, downs, deadlines, zombies;
-    struct link parked; /* refused unary calls waiting for a READY connection */
+    struct link parked; /* unary calls waiting for a READY connection */
+    unsigned n_parked;
+    size_t parked_bytes; /* request bytes held by parked calls */
     unsigned attempt;
     int cb_depth;
     bool drain_pending;
@@ -531,11 +543,24 @@ static void on_resub_timer(uv_timer_t *t)
 
 /* --------------------------------------------------- call completion */
 
+static void parked_account(struct kk_kmq_client *c, struct call *call)
+{
+    c->n_parked++;
+    c->parked_bytes += call->out.len;
+}
+
+static void parked_unaccount(struct kk_kmq_client *c, struct call *call)
+{
+    c->n_parked--;
+    c->parked_bytes -= call->out.len;
+}
+
 /* Ends a parked call (it has no connection) with err. */
 static void parked_finish(struct kk_kmq_client *c, struct call *call, int err)
 {
     kk_kmq_unary_cb cb = call->cb;
 
+    parked_unaccount(c, call);
     link_del(&call->link);
     link_del(&call->dl_link);
     call->cb = NULL;
@@ -562,9 +587,11 @@ static void parked_resend(struct kk_kmq_client *c)
         struct call *call = CONTAINER(c->parked.next, struct call, link);
         uint64_t left = call->deadline > now ? call->deadline - now : 1;
 
+        parked_unaccount(c, call);
         link_del(&call->link);
         if (call_start(c->cur, call, call->method, NULL, (uint32_t)left) < 0) {
             link_add(&c->parked, &call->link); /* parked_finish unlinks it again */
+            parked_account(c, call);
             parked_finish(c, call, KK_EH2);
         }
     }
@@ -592,6 +619,7 @@ static void call_park(struct kk_kmq_client *c, struct call *call)
         kk_kmq_free(call->reply);
     call->reply = NULL;
     link_add(&c->parked, &call->link);
+    parked_account(c, call);
     if (cn->draining && !cn->closing && link_empty(&cn->calls))
         conn_lost(cn, KK_ECLOSED);
     parked_resend(c);
@@ -796,9 +824,9 @@ static void conn_ready(struct conn *cn)
     struct kk_kmq_client *c = cn->c;
 
     cn->ready = true;
+    cn->ready_at = uv_now(c->loop);
     if (c->cur != cn)
         return;
-    c->attempt = 0;
     c->state = KK_KMQ_READY;
     open_idle_streams(c);
     parked_resend(c);
@@ -818,6 +846,15 @@ static void set_state(struct kk_kmq_client *c, enum kk_kmq_state st, int err)
 static void on_reconnect_timer(uv_timer_t *t)
 {
     start_connect(t->data);
+}
+
+/* The current connection cn is going away: the backoff starts over only if
+ * it had been READY for STABLE_MS (not at READY itself: a broker that drops
+ * every connection right after SETTINGS must meet a growing backoff). */
+static void note_conn_end(struct kk_kmq_client *c, const struct conn *cn)
+{
+    if (cn->ready_at && uv_now(c->loop) - cn->ready_at >= STABLE_MS)
+        c->attempt = 0;
 }
 
 /* The current connection is gone: back off and reconnect (or give up). */
@@ -850,9 +887,16 @@ static void conn_goaway(struct conn *cn, int32_t last_id, uint32_t code)
     cn->draining = true;
     if (c->cur == cn) {
         c->cur = NULL;
-        if (!c->o.auto_reconnect) {
-            schedule_reconnect(c, KK_ECLOSED); /* FAILED, as for any other loss */
+        note_conn_end(c, cn);
+        if (!c->o.auto_reconnect || code != NGHTTP2_NO_ERROR || c->attempt > 0) {
+            /* An error GOAWAY (too_many_pings, overload, ...) or one after a
+             * short-lived connection: back off as for any loss (FAILED when
+             * reconnecting is off). */
+            schedule_reconnect(c, KK_ECLOSED);
         } else {
+            /* A graceful GOAWAY of a stable connection: reconnect now, but
+             * count it, so a repeat within STABLE_MS backs off. */
+            c->attempt++;
             set_state(c, KK_KMQ_RECONNECTING, KK_ECLOSED);
             if (!c->closing)
                 uv_timer_start(&c->reconnect_timer, on_reconnect_timer, 0, 0);
@@ -1171,6 +1215,7 @@ static void conn_lost(struct conn *cn, int err)
         kk_stream_close(cn->stream);
     if (c->cur == cn) {
         c->cur = NULL;
+        note_conn_end(c, cn);
         schedule_reconnect(c, err);
     }
 }
@@ -1353,8 +1398,11 @@ int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
     c->o.host = c->host;
     c->o.log_scope = c->scope;
     c->o.auth_token = c->token;
+    c->o.tls_ctx = NULL; /* c->tls holds it */
     snprintf(c->authority, sizeof(c->authority), "%s:%u", c->host, c->o.port);
-    if (c->o.tls) {
+    if (c->o.tls && opts->tls_ctx) {
+        c->tls = opts->tls_ctx; /* shared; the owner keeps it alive past our close */
+    } else if (c->o.tls) {
         topts = opts->tls_opts;
         topts.alpn = "h2";
         if (!topts.server_name)
@@ -1364,6 +1412,7 @@ int kk_kmq_client_new(uv_loop_t *loop, const struct kk_kmq_opts *opts,
             KK_ERROR(c->scope, "kubemq: TLS setup: %s", errbuf);
             goto out;
         }
+        c->tls_owned = true;
     }
     uv_idle_init(loop, &c->idle);
     uv_timer_init(loop, &c->reconnect_timer);
@@ -1416,7 +1465,7 @@ static void client_finish(struct kk_kmq_client *c)
         kk_grpc_dec_free(&call->dec);
         free(call);
     }
-    if (c->tls)
+    if (c->tls && c->tls_owned)
         kk_tls_ctx_free(c->tls);
     kk_h2mem_free(&c->h2mem);
     free(c->host);
@@ -1479,12 +1528,26 @@ void kk_kmq_free(void *msg)
     kk_pb_free(msg);
 }
 
+/* Deadlines are kept sorted; with one timeout for every call, new ones go
+ * at the tail, so the walk back is O(1). */
+static void deadline_add(struct kk_kmq_client *c, struct call *call)
+{
+    struct link *l;
+
+    call->deadline = uv_now(c->loop) + c->o.call_timeout_ms;
+    for (l = c->deadlines.prev; l != &c->deadlines; l = l->prev)
+        if (CONTAINER(l, struct call, dl_link)->deadline <= call->deadline)
+            break;
+    link_add(l->next, &call->dl_link);
+    if (c->deadlines.next == &call->dl_link)
+        uv_timer_start(&c->deadline_timer, on_deadline, c->o.call_timeout_ms, 0);
+}
+
 static int unary_on(struct conn *cn, const char *method, const ProtobufCMessage *msg,
                     const ProtobufCMessageDescriptor *reply_desc, kk_kmq_unary_cb cb, void *arg)
 {
     struct kk_kmq_client *c = cn->c;
     struct call *call = call_get(c);
-    struct link *l;
     int rc;
 
     if (!call)
@@ -1498,15 +1561,44 @@ static int unary_on(struct conn *cn, const char *method, const ProtobufCMessage 
         call_free(c, call);
         return rc;
     }
-    /* Deadlines are kept sorted; with one timeout for every call, new ones
-     * go at the tail, so the walk back is O(1). */
-    call->deadline = uv_now(c->loop) + c->o.call_timeout_ms;
-    for (l = c->deadlines.prev; l != &c->deadlines; l = l->prev)
-        if (CONTAINER(l, struct call, dl_link)->deadline <= call->deadline)
-            break;
-    link_add(l->next, &call->dl_link);
-    if (c->deadlines.next == &call->dl_link)
-        uv_timer_start(&c->deadline_timer, on_deadline, c->o.call_timeout_ms, 0);
+    deadline_add(c, call);
+    return 0;
+}
+
+/* No READY connection (connecting, reconnecting, or just after a GOAWAY):
+ * the request is framed now and waits on the parked list for the next READY
+ * connection (parked_resend), within its deadline.  A reply to a query or
+ * command produced during a reconnect thus still reaches its sender. */
+static int unary_park(struct kk_kmq_client *c, const char *method, const ProtobufCMessage *msg,
+                      const ProtobufCMessageDescriptor *reply_desc, kk_kmq_unary_cb cb, void *arg)
+{
+    size_t size = protobuf_c_message_get_packed_size(msg);
+    struct call *call;
+    uint8_t *p;
+
+    if (size > c->o.max_message_bytes)
+        return KK_ETOOBIG;
+    if (c->n_parked >= PARKED_MAX_CALLS || c->parked_bytes + KK_GRPC_HDR_LEN + size > PARKED_MAX_BYTES)
+        return KK_EBUSY;
+    call = call_get(c);
+    if (!call)
+        return KK_ENOMEM;
+    p = (uint8_t *)kk_buf_reserve(&call->out, KK_GRPC_HDR_LEN + size);
+    if (!p) {
+        call_free(c, call);
+        return KK_ENOMEM;
+    }
+    kk_grpc_frame_hdr(p, (uint32_t)size);
+    protobuf_c_message_pack(msg, p + KK_GRPC_HDR_LEN);
+    kk_buf_commit(&call->out, KK_GRPC_HDR_LEN + size);
+    call->kind = CALL_UNARY;
+    call->method = method;
+    call->cb = cb;
+    call->cb_arg = arg;
+    call->reply_desc = reply_desc;
+    link_add(&c->parked, &call->link);
+    parked_account(c, call);
+    deadline_add(c, call);
     return 0;
 }
 
@@ -1515,9 +1607,11 @@ static int unary(struct kk_kmq_client *c, const char *method, const ProtobufCMes
 {
     if (c->closing)
         return KK_ESHUTDOWN;
-    if (!c->cur || !c->cur->ready || c->state != KK_KMQ_READY)
+    if (c->cur && c->cur->ready && c->state == KK_KMQ_READY)
+        return unary_on(c->cur, method, msg, reply_desc, cb, arg);
+    if (c->state == KK_KMQ_FAILED)
         return KK_ECLOSED;
-    return unary_on(c->cur, method, msg, reply_desc, cb, arg);
+    return unary_park(c, method, msg, reply_desc, cb, arg);
 }
 
 int kk_kmq_ping(struct kk_kmq_client *c, kk_kmq_unary_cb cb, void *arg)

@@ -13,6 +13,7 @@
 #include "kk/clock.h"
 #include "kk/err.h"
 #include "kk/log.h"
+#include "kk/prom.h"
 #include "kk/rand.h"
 
 static int parse_address(const char *addr, char *host, size_t hostlen, uint16_t *port)
@@ -181,6 +182,12 @@ void kk__src_unary_done(void *arg, int status, int grpc_status, const char *grpc
         kk_kmq_free(reply);
     if (status == 0)
         return;
+    if (status == KK_ECANCELED && s->closing) {
+        /* The client close cancels replies still in flight: expected on stop. */
+        s->replies_canceled++;
+        KK_DEBUG(s->bname, "reply to kubemq cancelled by shutdown");
+        return;
+    }
     s->replies_failed++;
     KK_ERROR(s->bname, "error sending reply to kubemq: %s%s%s", kk_strerror(status),
              grpc_message && *grpc_message ? ": " : "", grpc_message ? grpc_message : "");
@@ -339,6 +346,20 @@ static int src_start(struct kk_source *base)
     if (s->started)
         return 0;
     s->started = true;
+    if (s->o.tls && !s->tls_ctx) {
+        /* One context (CA bundle parsed once) for all N clients; freed after
+         * the last of them closed (finish_close). */
+        struct kk_tls_opts topts = s->o.tls_opts;
+        char errbuf[256];
+        topts.alpn = "h2";
+        if (!topts.server_name)
+            topts.server_name = s->o.host;
+        int rv = kk_tls_ctx_new(&topts, &s->tls_ctx, errbuf, sizeof(errbuf));
+        if (rv < 0) {
+            KK_ERROR(s->bname, "kubemq: TLS setup: %s", errbuf);
+            return rv;
+        }
+    }
     for (unsigned i = 0; i < s->n_conns; i++) {
         struct src_conn *c = &s->conns[i];
         struct kk_kmq_opts ko = {
@@ -346,6 +367,7 @@ static int src_start(struct kk_source *base)
             .port = s->o.port,
             .tls = s->o.tls,
             .tls_opts = s->o.tls_opts,
+            .tls_ctx = s->tls_ctx,
             .auth_token = s->o.auth_token,
             .auto_reconnect = s->o.auto_reconnect,
             .reconnect_interval_ms = s->o.reconnect_interval_ms,
@@ -414,24 +436,32 @@ static bool src_ready(struct kk_source *base, const char **why)
     return true;
 }
 
+/* One sample: name{binding="<escaped>"[,result="<result>"]} value. */
+static void metric(struct kk_buf *out, const char *name, const char *binding, const char *result, uint64_t v)
+{
+    kk_buf_append_str(out, name);
+    kk_buf_append_str(out, "{binding=\"");
+    kk_prom_label(out, binding);
+    if (result) {
+        kk_buf_append_str(out, "\",result=\"");
+        kk_buf_append_str(out, result);
+    }
+    kk_buf_printf(out, "\"} %" PRIu64 "\n", v);
+}
+
 static void src_metrics(struct kk_source *base, const char *binding, struct kk_buf *out)
 {
     struct kk_src *s = (struct kk_src *)base;
-    kk_buf_printf(out, "kubemq_kinesis_source_messages_total{binding=\"%s\"} %" PRIu64 "\n", binding, s->received);
-    kk_buf_printf(out, "kubemq_kinesis_source_dropped_total{binding=\"%s\"} %" PRIu64 "\n", binding, s->dropped);
-    kk_buf_printf(out, "kubemq_kinesis_broker_reconnects_total{binding=\"%s\"} %" PRIu64 "\n", binding,
-                  s->reconnects);
-    kk_buf_printf(out, "kubemq_kinesis_source_reply_errors_total{binding=\"%s\"} %" PRIu64 "\n", binding,
-                  s->replies_failed);
-    kk_buf_printf(out, "kubemq_kinesis_source_published_total{binding=\"%s\",result=\"ok\"} %" PRIu64 "\n",
-                  binding, s->published);
-    kk_buf_printf(out, "kubemq_kinesis_source_published_total{binding=\"%s\",result=\"error\"} %" PRIu64 "\n",
-                  binding, s->publish_failed);
+    metric(out, "kubemq_kinesis_source_messages_total", binding, NULL, s->received);
+    metric(out, "kubemq_kinesis_source_dropped_total", binding, NULL, s->dropped);
+    metric(out, "kubemq_kinesis_broker_reconnects_total", binding, NULL, s->reconnects);
+    metric(out, "kubemq_kinesis_source_reply_errors_total", binding, NULL, s->replies_failed);
+    metric(out, "kubemq_kinesis_source_replies_cancelled_total", binding, NULL, s->replies_canceled);
+    metric(out, "kubemq_kinesis_source_published_total", binding, "ok", s->published);
+    metric(out, "kubemq_kinesis_source_published_total", binding, "error", s->publish_failed);
     if (s->kind == KK_SOURCE_QUEUE) {
-        kk_buf_printf(out, "kubemq_kinesis_queue_settled_total{binding=\"%s\",result=\"ack\"} %" PRIu64 "\n",
-                      binding, s->acked);
-        kk_buf_printf(out, "kubemq_kinesis_queue_settled_total{binding=\"%s\",result=\"nack\"} %" PRIu64 "\n",
-                      binding, s->nacked);
+        metric(out, "kubemq_kinesis_queue_settled_total", binding, "ack", s->acked);
+        metric(out, "kubemq_kinesis_queue_settled_total", binding, "nack", s->nacked);
     }
 }
 
@@ -440,6 +470,8 @@ static void finish_close(struct kk_src *s)
     void (*done)(void *) = s->close_done;
     void *arg = s->close_arg;
     kk__src_rpc_free_pool(s);
+    if (s->tls_ctx)
+        kk_tls_ctx_free(s->tls_ctx);
     free(s->conns);
     free(s);
     if (done)

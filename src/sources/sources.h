@@ -67,6 +67,7 @@ struct kk_src {
     const char *bname;
     enum kk_source_kind kind;
     struct src_opts o;
+    struct kk_tls_ctx *tls_ctx;     /* shared by the N clients when tls */
     char group_buf[40];
     struct src_conn *conns;
     unsigned n_conns;
@@ -88,7 +89,7 @@ struct kk_src {
     struct rpc_ctx *rpc_free;
     unsigned n_rpc_free;
     /* metrics */
-    uint64_t received, dropped, replies_failed, published, publish_failed;
+    uint64_t received, dropped, replies_failed, replies_canceled, published, publish_failed;
     uint64_t acked, nacked, reconnects;
 };
 

@@ -417,11 +417,19 @@ import net from 'node:net';
 
 // Raw TCP proxy to 127.0.0.1:target; silence() turns every open connection into a black hole
 // (bytes are dropped both ways, sockets stay open), as a dead peer behind a NAT looks.
+// drop() ends every open connection; refuse(true) makes new ones end at once (a broker that is
+// down for a while) until refuse(false).
 async function tcpProxy(target) {
     const conns = new Set();
     let accepted = 0;
+    let refusing = false;
     const server = net.createServer((sock) => {
         accepted++;
+        if (refusing) {
+            sock.on('error', () => {});
+            sock.destroy();
+            return;
+        }
         const up = net.connect(target, '127.0.0.1');
         const c = { silent: false };
         const end = () => { sock.destroy(); up.destroy(); conns.delete(c); };
@@ -436,6 +444,8 @@ async function tcpProxy(target) {
         port: server.address().port,
         accepted: () => accepted,
         silence() { for (const c of conns) c.silent = true; },
+        drop() { for (const c of [...conns]) c.end(); },
+        refuse(on) { refusing = on; },
         async close() {
             for (const c of [...conns]) c.end();
             await new Promise((r) => server.close(r));
@@ -466,6 +476,51 @@ test('keepalive: an unanswered PING closes the connection; the client reconnects
         assertClosed(p);
     } finally {
         await px.close();
+    }
+});
+
+test('reply during a reconnect: parked, then sent on the next READY connection within its deadline', async () => {
+    const px = await tcpProxy(port);
+    try {
+        const p = probe(px.port, ['--reconnect-ms', '100', 'respond', '--channel', 'q.park', '--count', '1',
+            '--reply-delay-ms', '700'], { timeoutMs: 15000 });
+        await p.waitFor((l) => l.event === 'subscribed');
+        const q = sendQuery(addr, 'q.park', 'p0', 10000);
+        await p.waitFor((l) => l.event === 'request');
+        px.refuse(true);
+        px.drop(); // the probe's connection is gone before its reply is ready
+        const replying = await p.waitFor((l) => l.event === 'replying', 3000);
+        assert.notEqual(replying.state, 'READY');
+        await sleep(300);
+        px.refuse(false);
+        const r = await q; // the requester still waits on the broker: the reply must arrive
+        assert.equal(Buffer.from(r.response.body).toString(), 're:p0');
+        assert.equal((await p.exit()).code, 0, p.stderr);
+        assert.equal(p.events('error').length, 0, JSON.stringify(p.events('error')));
+        assert.ok(p.events('state').filter((s) => s.state === 'READY').length >= 2);
+        assertClosed(p);
+    } finally {
+        await px.close();
+    }
+});
+
+test('GOAWAY storm: a broker that GOAWAYs every connection at once meets a growing backoff', async () => {
+    let sessions = 0;
+    const srv = await scriptedServer(() => undefined, {
+        onSession: (s) => { sessions++; s.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM, 0); },
+    });
+    try {
+        const p = probe(srv.port, ['--reconnect-ms', '100', 'events', '--channel', 'gs', '--count', '1'],
+            { timeoutMs: 2000 });
+        const r = await p.exit();
+        assert.equal(r.code, 3, p.stderr); // never delivered anything: the overall timeout ends it
+        // Base 100 ms doubling with full jitter: a handful of attempts in 2 s, not hundreds.
+        assert.ok(sessions >= 2 && sessions <= 12, `${sessions} connections in 2 s; stderr ${p.stderr.slice(-2000)}`);
+        assert.match(p.stderr, /GOAWAY \(ENHANCE_YOUR_CALM/);
+        assert.match(p.stderr, /reconnecting in \d+ ms \(attempt [2-9]/);
+        assertClosed(p);
+    } finally {
+        await srv.close();
     }
 });
 

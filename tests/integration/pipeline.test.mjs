@@ -163,6 +163,30 @@ test('API: health, ready, request, metrics, stats', { skip }, async () => {
     });
 });
 
+test('API: a binding named a"b\\c renders valid Prometheus exposition (one label escaping)', { skip }, async () => {
+    const port = await freePort();
+    const name = 'a"b\\c';
+    await withGateway(config(port, [binding(name, 'pq1')]), async (gw) => {
+        assert.ok(await ready(gw), '/ready 200 within 10 s');
+        const { response } = await sendQuery(addr, 'pq1', PUT, 5000);
+        assert.equal(response.executed, true);
+        const r = await gw.get('/metrics');
+        assert.equal(r.status, 200);
+        const prom = parseProm(r.text); // asserts every sample and label set is well-formed
+        const one = (metric) => {
+            const s = prom.get(metric, { binding: name });
+            assert.equal(s.length, 1, `one sample of ${metric}; got ${JSON.stringify(s)}`);
+            return s[0].value;
+        };
+        assert.equal(one('kubemq_kinesis_source_messages_total'), 1); // sources
+        assert.equal(one('kubemq_kinesis_source_reply_errors_total'), 0);
+        assert.equal(one('kubemq_targets_requests_count'), 1); // api
+        assert.equal(one('kubemq_kinesis_inflight'), 0);
+        assert.equal(prom.get('kubemq_kinesis_source_published_total', { binding: name, result: 'ok' }).length, 1);
+        assert.ok(r.text.includes('binding="a\\"b\\\\c"'), 'escaped as \\" and \\\\');
+    });
+});
+
 test('API: /bindings masks secrets; /ready lists what is not ready', { skip }, async () => {
     const port = await freePort();
     const dead = await freePort(); // nothing listens there
@@ -260,6 +284,8 @@ test('SIGTERM with requests in flight: every request is replied to, exit 0', { s
         assert.equal(ok + failed.length, 6, `all replied: ${JSON.stringify(bodies)}`);
         assert.ok(failed.length >= 3, 'the ones waiting for tokens failed at the shutdown timeout');
         assert.equal(broker.stats().requests.d1.answered, 6);
+        // A SendResponse whose ack the client close cancels is expected on stop: debug, not error.
+        assert.doesNotMatch(gw.logs(), /ERROR\t[^\n]*error sending reply to kubemq: canceled/);
     } catch (e) {
         e.message += `\n--- gateway log (tail) ---\n${gw.logs().slice(-3000)}`;
         await gw.stop('SIGKILL');

@@ -274,6 +274,16 @@ test('TLS to the broker with tls_ca_file', { skip }, async () => {
             const { json } = await sendQuery(a, 'tlq', PUT, 5000, { ca: certs.ca });
             assert.deepEqual(json.metadata, { result: 'ok' });
         });
+        // sources: 8 over TLS: the 8 clients share one TLS context (the CA bundle parsed once); all
+        // of them connect, verify and subscribe, and the stop frees it after the last client.
+        const p8 = { ...props, channel: 'tlq8', client_id: 'gw-tls8', sources: 8 };
+        await withGateway([{ name: 'tlq8', source: { kind: 'kubemq.query', properties: p8 }, target: { kind: 'null' } }], async (gw) => {
+            for (let i = 0; i < 16; i++) {
+                const { json } = await sendQuery(a, 'tlq8', PUT, 5000, { ca: certs.ca });
+                assert.deepEqual(json.metadata, { result: 'ok' });
+            }
+            assert.equal((gw.logs().match(/subscribed to tlq8 \(connection \d+\)/g) || []).length, 8);
+        });
         // Without the CA the certificate must be rejected (verification is on by default).
         const noCa = { ...props, tls_ca_file: undefined };
         delete noCa.tls_ca_file;

@@ -11,6 +11,7 @@
  *   CMD: ping
  *        send-event --channel C --count N [--persist]
  *        respond --channel C --count N [--commands] [--pause-after K --pause-ms M]
+ *                [--reply-delay-ms D]   (the first request is answered D ms late)
  *        events --channel C --count N [--store first|last|new|seq:N] [--group G]
  *        queue --channel Q --count N [--max-items N]
  *
@@ -31,7 +32,7 @@ struct probe {
     struct kk_kmq_client *c;
     struct kk_kmq_sub *sub;
     struct kk_kmq_downstream *down;
-    uv_timer_t timeout, pause, linger;
+    uv_timer_t timeout, pause, linger, delay;
     long linger_ms;
     const char *cmd, *channel, *group, *store, *client_id;
     bool commands, store_events;
@@ -39,6 +40,12 @@ struct probe {
     int exit_code;
     bool finishing;
     unsigned reqno;
+    /* --reply-delay-ms: the first request's reply, held back */
+    long reply_delay_ms;
+    bool held;
+    char held_id[128], held_reply[256];
+    uint8_t held_body[256];
+    size_t held_len;
 };
 
 static void print_str(const char *key, const uint8_t *p, size_t n)
@@ -76,6 +83,7 @@ static void finish(struct probe *p, int code)
     uv_close((uv_handle_t *)&p->timeout, NULL);
     uv_close((uv_handle_t *)&p->pause, NULL);
     uv_close((uv_handle_t *)&p->linger, NULL);
+    uv_close((uv_handle_t *)&p->delay, NULL);
     kk_kmq_client_close(p->c, on_closed, p);
 }
 
@@ -228,14 +236,38 @@ static void on_pause_end(uv_timer_t *t)
     kk_kmq_sub_resume(p->sub);
 }
 
+static void send_reply(struct probe *p, const char *id, const char *reply, const uint8_t *body, size_t n)
+{
+    Kubemq__Response resp = KUBEMQ__RESPONSE__INIT;
+    int rc;
+
+    resp.clientid = (char *)p->client_id;
+    resp.requestid = (char *)id;
+    resp.replychannel = (char *)reply;
+    resp.body.data = (uint8_t *)body;
+    resp.body.len = n;
+    resp.executed = true;
+    rc = kk_kmq_send_response(p->c, &resp, on_responded, p);
+    if (rc < 0)
+        printf("{\"event\":\"error\",\"op\":\"send-response\",\"err\":\"%s\",\"grpc_status\":-1}\n",
+               kk_errname(rc));
+}
+
+/* The held reply goes out now, whatever the connection state. */
+static void on_delay(uv_timer_t *t)
+{
+    struct probe *p = t->data;
+
+    printf("{\"event\":\"replying\",\"state\":\"%s\"}\n", state_name(kk_kmq_client_state(p->c)));
+    send_reply(p, p->held_id, p->held_reply, p->held_body, p->held_len);
+}
+
 static void on_request(void *user, void *msg)
 {
     struct probe *p = user;
     Kubemq__Request *r = msg;
-    Kubemq__Response resp = KUBEMQ__RESPONSE__INIT;
     uint8_t body[256];
     size_t n = r->body.len < 200 ? r->body.len : 200;
-    int rc;
 
     p->got++;
     printf("{\"event\":\"request\",\"n\":%ld,\"body_len\":%zu,", p->got, r->body.len);
@@ -245,16 +277,16 @@ static void on_request(void *user, void *msg)
     printf("}\n");
     memcpy(body, "re:", 3);
     memcpy(body + 3, r->body.data, n);
-    resp.clientid = (char *)p->client_id;
-    resp.requestid = r->requestid;
-    resp.replychannel = r->replychannel;
-    resp.body.data = body;
-    resp.body.len = n + 3;
-    resp.executed = true;
-    rc = kk_kmq_send_response(p->c, &resp, on_responded, p);
-    if (rc < 0)
-        printf("{\"event\":\"error\",\"op\":\"send-response\",\"err\":\"%s\",\"grpc_status\":-1}\n",
-               kk_errname(rc));
+    if (p->reply_delay_ms > 0 && !p->held) {
+        p->held = true;
+        snprintf(p->held_id, sizeof(p->held_id), "%s", r->requestid);
+        snprintf(p->held_reply, sizeof(p->held_reply), "%s", r->replychannel);
+        memcpy(p->held_body, body, n + 3);
+        p->held_len = n + 3;
+        uv_timer_start(&p->delay, on_delay, (uint64_t)p->reply_delay_ms, 0);
+    } else {
+        send_reply(p, r->requestid, r->replychannel, body, n + 3);
+    }
     kk_kmq_free(msg);
     if (p->pause_after && p->got == p->pause_after) {
         printf("{\"event\":\"pause\",\"got\":%ld}\n", p->got);
@@ -447,6 +479,8 @@ int main(int argc, char **argv)
             p.pause_after = atol(v);
         else if (OPT("--pause-ms"))
             p.pause_ms = atol(v);
+        else if (OPT("--reply-delay-ms"))
+            p.reply_delay_ms = atol(v);
         else if (OPT("--max-items"))
             p.max_items = atol(v);
         else if (OPT("--store"))
@@ -475,7 +509,8 @@ int main(int argc, char **argv)
     uv_timer_init(&p.loop, &p.timeout);
     uv_timer_init(&p.loop, &p.pause);
     uv_timer_init(&p.loop, &p.linger);
-    p.timeout.data = p.pause.data = p.linger.data = &p;
+    uv_timer_init(&p.loop, &p.delay);
+    p.timeout.data = p.pause.data = p.linger.data = p.delay.data = &p;
     uv_timer_start(&p.timeout, on_timeout, (uint64_t)timeout_ms, 0);
     rc = kk_kmq_client_new(&p.loop, &o, on_state, &p, &p.c);
     if (rc < 0) {
@@ -483,6 +518,7 @@ int main(int argc, char **argv)
         uv_close((uv_handle_t *)&p.timeout, NULL);
         uv_close((uv_handle_t *)&p.pause, NULL);
         uv_close((uv_handle_t *)&p.linger, NULL);
+        uv_close((uv_handle_t *)&p.delay, NULL);
         p.exit_code = 1;
     }
     uv_run(&p.loop, UV_RUN_DEFAULT);

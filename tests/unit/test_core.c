@@ -5,8 +5,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "kk/b64.h"
 #include "kk/backoff.h"
@@ -14,6 +18,7 @@
 #include "kk/clock.h"
 #include "kk/err.h"
 #include "kk/log.h"
+#include "kk/prom.h"
 #include "kk/rand.h"
 #include "kk/tbucket.h"
 
@@ -183,6 +188,79 @@ static void test_log_json(void **state)
     assert_int_equal(kk_log_parse_level("loud", &l), KK_EINVAL);
 }
 
+/* Receives every datagram waiting on fd (SOCK_SEQPACKET keeps write(2)
+ * boundaries): one packet per write. */
+static int recv_packets(int fd, char pkts[][8192], size_t *lens, int max)
+{
+    int n = 0;
+    while (n < max) {
+        ssize_t r = recv(fd, pkts[n], sizeof(pkts[n]) - 1, MSG_DONTWAIT);
+        if (r <= 0)
+            break;
+        pkts[n][r] = '\0';
+        lens[n++] = (size_t)r;
+    }
+    return n;
+}
+
+/* Each log line is exactly one write(2), in both formats, including escapes
+ * and the truncation of a message past the line limit. */
+static void test_log_one_write_per_line(void **state)
+{
+    (void)state;
+    static char pkts[4][8192];
+    size_t lens[4];
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
+    /* A logger that wrote byte by byte fills the socket: fail, not hang. */
+    assert_int_equal(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
+    FILE *f = fdopen(sv[0], "w");
+    assert_non_null(f);
+    setvbuf(f, NULL, _IONBF, 0); /* as stderr */
+    char *big = malloc(10001);
+    memset(big, 'x', 10000);
+    big[10000] = '\0';
+    big[5] = '"';
+    kk_log_set_stream(f);
+    kk_log_set_format(KK_LOG_JSON);
+    kk_log(KK_LOG_INFO, "b\"1", "tab\there \x01 quote \" back \\ %d", 42);
+    kk_log(KK_LOG_ERROR, "b1", "%s", big);
+    kk_log_set_format(KK_LOG_TEXT);
+    kk_log(KK_LOG_WARN, "b1", "plain %s", "text");
+    kk_log_set_stream(NULL);
+    int n = recv_packets(sv[1], pkts, lens, 4);
+    assert_int_equal(n, 3);
+    for (int i = 0; i < n; i++) {
+        assert_true(lens[i] <= 4096);
+        assert_int_equal(pkts[i][lens[i] - 1], '\n');
+        assert_ptr_equal(strchr(pkts[i], '\n'), pkts[i] + lens[i] - 1); /* one line */
+    }
+    assert_non_null(strstr(pkts[0], "\"source\":\"b\\\"1\",\"msg\":\"tab\\there \\u0001 quote \\\" back "
+                                    "\\\\ 42\"}\n"));
+    assert_true(strncmp(pkts[0], "{\"time\":\"", 9) == 0);
+    /* cut with a marker, the JSON still closed */
+    assert_non_null(strstr(pkts[1], "\"msg\":\"xxxxx\\\"xxx"));
+    assert_non_null(strstr(pkts[1], "xxx...[truncated]\"}\n"));
+    assert_non_null(strstr(pkts[2], "\tWARN\tb1\tplain text\n"));
+    kk_log_set_format(KK_LOG_TEXT);
+    free(big);
+    fclose(f);
+    close(sv[1]);
+}
+
+static void test_prom_label(void **state)
+{
+    (void)state;
+    struct kk_buf b;
+    kk_buf_init(&b, 1024);
+    assert_int_equal(kk_prom_label(&b, "a\"b\\c\nd"), 0);
+    assert_int_equal(kk_prom_label(&b, NULL), 0);
+    assert_int_equal(kk_prom_label(&b, "plain"), 0);
+    assert_int_equal(b.len, strlen("a\\\"b\\\\c\\nd") + 5);
+    assert_memory_equal(b.base, "a\\\"b\\\\c\\ndplain", b.len);
+    kk_buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +268,7 @@ int main(void)
         cmocka_unit_test(test_b64_roundtrip), cmocka_unit_test(test_rfc3339),
         cmocka_unit_test(test_backoff_bounds), cmocka_unit_test(test_tbucket),
         cmocka_unit_test(test_uuid),       cmocka_unit_test(test_log_json),
+        cmocka_unit_test(test_log_one_write_per_line), cmocka_unit_test(test_prom_label),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 
 #include "grpc_frame.h"
 #include "kk/err.h"
+#include "kk/kubemq.h"
 #include "kubemq.pb-c.h"
 #include "h2mem.h"
 #include "pbarena.h"
@@ -426,6 +427,184 @@ static void test_h2mem_recycles(void **state)
     kk_h2mem_free(&m); /* valgrind: nothing leaks */
 }
 
+/* ---- client: parked calls and a shared TLS context, against a port that
+ * refuses every connection (the client stays CONNECTING/RECONNECTING). */
+
+struct park_ctx {
+    int done, canceled, other;
+};
+
+static void on_parked_done(void *arg, int status, int gs, const char *gm, void *reply)
+{
+    struct park_ctx *pc = arg;
+    (void)gs;
+    (void)gm;
+    kk_kmq_free(reply);
+    pc->done++;
+    if (status == KK_ECANCELED)
+        pc->canceled++;
+    else
+        pc->other++;
+}
+
+static void on_client_done(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+static void on_stop_timer(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
+
+/* A bound, not listening, socket: connects to its port are refused. */
+static uint16_t refused_port(uv_loop_t *loop, uv_tcp_t *t)
+{
+    struct sockaddr_in sa;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+
+    uv_tcp_init(loop, t);
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    assert_int_equal(uv_tcp_bind(t, (const struct sockaddr *)&sa, 0), 0);
+    assert_int_equal(uv_tcp_getsockname(t, (struct sockaddr *)&ss, &len), 0);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* While no connection is READY unary calls are parked, not refused; past
+ * the caps (4096 calls, 4 MiB of requests) they fail at once with KK_EBUSY;
+ * the close ends every parked call exactly once with KK_ECANCELED. */
+static void test_client_park_caps(void **state)
+{
+    uv_loop_t loop;
+    uv_tcp_t hole;
+    struct kk_kmq_client *c;
+    struct park_ctx pc = {0};
+    int closed = 0, rc, parked = 0;
+    static uint8_t body[100000];
+    Kubemq__Event e = KUBEMQ__EVENT__INIT;
+    (void)state;
+
+    uv_loop_init(&loop);
+    struct kk_kmq_opts o = {.host = "127.0.0.1",
+                            .port = refused_port(&loop, &hole),
+                            .auto_reconnect = true,
+                            .reconnect_interval_ms = 50,
+                            .log_scope = "test"};
+    assert_int_equal(kk_kmq_client_new(&loop, &o, NULL, NULL, &c), 0);
+    e.clientid = "t";
+    e.channel = "ch";
+    for (int i = 0; i < 5000; i++) {
+        rc = kk_kmq_send_event(c, &e, on_parked_done, &pc);
+        if (rc == KK_EBUSY)
+            break;
+        assert_int_equal(rc, 0);
+        parked++;
+    }
+    assert_int_equal(parked, 4096);
+    /* bytes: a fresh client, 100 kB events, 4 MiB / ~100 kB of them fit */
+    kk_kmq_client_close(c, on_client_done, &closed);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(closed, 1);
+    assert_int_equal(pc.done, 4096);
+    assert_int_equal(pc.canceled, 4096);
+
+    memset(&pc, 0, sizeof(pc));
+    parked = 0;
+    assert_int_equal(kk_kmq_client_new(&loop, &o, NULL, NULL, &c), 0);
+    e.body.data = body;
+    e.body.len = sizeof(body);
+    for (int i = 0; i < 100; i++) {
+        rc = kk_kmq_send_event(c, &e, on_parked_done, &pc);
+        if (rc == KK_EBUSY)
+            break;
+        assert_int_equal(rc, 0);
+        parked++;
+    }
+    assert_int_equal(parked, (4 << 20) / (sizeof(body) + 20));
+    kk_kmq_client_close(c, on_client_done, &closed);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(closed, 2);
+    assert_int_equal(pc.canceled, parked);
+    assert_int_equal(pc.other, 0);
+    uv_close((uv_handle_t *)&hole, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A parked call still has its deadline (call_timeout_ms): KK_ETIMEOUT. */
+static void test_client_park_deadline(void **state)
+{
+    uv_loop_t loop;
+    uv_tcp_t hole;
+    struct kk_kmq_client *c;
+    struct park_ctx pc = {0};
+    int closed = 0;
+    (void)state;
+
+    uv_loop_init(&loop);
+    struct kk_kmq_opts o = {.host = "127.0.0.1",
+                            .port = refused_port(&loop, &hole),
+                            .auto_reconnect = true,
+                            .reconnect_interval_ms = 50,
+                            .call_timeout_ms = 150,
+                            .log_scope = "test"};
+    assert_int_equal(kk_kmq_client_new(&loop, &o, NULL, NULL, &c), 0);
+    assert_int_equal(kk_kmq_ping(c, on_parked_done, &pc), 0);
+    uint64_t t0 = uv_now(&loop);
+    while (pc.done == 0 && uv_now(&loop) - t0 < 3000)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(pc.done, 1);
+    assert_int_equal(pc.other, 1); /* KK_ETIMEOUT, not a cancel */
+    assert_true(uv_now(&loop) - t0 >= 140);
+    kk_kmq_client_close(c, on_client_done, &closed);
+    uv_close((uv_handle_t *)&hole, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(closed, 1);
+    assert_int_equal(pc.done, 1); /* exactly once */
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* opts.tls_ctx is used as given: the client does not build its own context
+ * from tls_opts (here a CA file that does not exist, which would fail), and
+ * it does not free the borrowed one (valgrind: no double free, no leak). */
+static void test_client_shared_tls_ctx(void **state)
+{
+    uv_loop_t loop;
+    uv_tcp_t hole;
+    struct kk_kmq_client *c[3];
+    struct kk_tls_ctx *ctx;
+    struct kk_tls_opts topts = {.insecure_skip_verify = true, .alpn = "h2", .server_name = "localhost"};
+    int closed = 0;
+    (void)state;
+
+    uv_loop_init(&loop);
+    assert_int_equal(kk_tls_ctx_new(&topts, &ctx, NULL, 0), 0);
+    struct kk_kmq_opts o = {.host = "127.0.0.1",
+                            .port = refused_port(&loop, &hole),
+                            .tls = true,
+                            .auto_reconnect = true,
+                            .reconnect_interval_ms = 50,
+                            .log_scope = "test"};
+    o.tls_opts.ca_file = "/nonexistent/ca.pem";
+    assert_true(kk_kmq_client_new(&loop, &o, NULL, NULL, &c[0]) < 0); /* own context: the CA is missing */
+    o.tls_ctx = ctx;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(kk_kmq_client_new(&loop, &o, NULL, NULL, &c[i]), 0);
+    uv_timer_t t;
+    uv_timer_init(&loop, &t);
+    uv_timer_start(&t, on_stop_timer, 200, 0); /* a few refused connects */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < 3; i++)
+        kk_kmq_client_close(c[i], on_client_done, &closed);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_close((uv_handle_t *)&hole, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(closed, 3);
+    kk_tls_ctx_free(ctx); /* after the last client closed */
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +621,9 @@ int main(void)
         cmocka_unit_test(test_pbarena_spill),
         cmocka_unit_test(test_pbarena_malformed),
         cmocka_unit_test(test_h2mem_recycles),
+        cmocka_unit_test(test_client_park_caps),
+        cmocka_unit_test(test_client_park_deadline),
+        cmocka_unit_test(test_client_shared_tls_ctx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
