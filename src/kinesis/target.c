@@ -25,6 +25,7 @@
 #include "kk/http_client.h"
 #include "kk/kinesis.h"
 #include "kk/log.h"
+#include "kk/prom.h"
 
 #include "kk/kinesis_sha256.h"
 
@@ -494,26 +495,16 @@ static bool k_ready(struct kk_target *base, const char **why)
 }
 
 /* Prometheus label value: backslash, quote and newline escaped. */
-static const char *label(const char *s, char *dst, size_t cap)
-{
-    size_t o = 0;
-    for (; *s && o + 3 < cap; s++) {
-        if (*s == '\\' || *s == '"' || *s == '\n') {
-            dst[o++] = '\\';
-            dst[o++] = *s == '\n' ? 'n' : *s;
-        } else {
-            dst[o++] = *s;
-        }
-    }
-    dst[o] = '\0';
-    return dst;
-}
-
 static void k_metrics(struct kk_target *base, const char *binding_raw, struct kk_buf *out)
 {
     struct ktarget *t = (struct ktarget *)base;
-    char bl[256];
-    const char *binding = label(binding_raw ? binding_raw : "", bl, sizeof(bl));
+    struct kk_buf lb;
+    kk_buf_init(&lb, 1024);
+    if (kk_prom_label(&lb, binding_raw) != 0 || kk_buf_append(&lb, "", 1) != 0) {
+        kk_buf_free(&lb);
+        return;
+    }
+    const char *binding = lb.base;
     for (int i = 0; i < KK_KOP__COUNT; i++)
         kk_buf_printf(out, "kubemq_kinesis_kinesis_attempts_total{binding=\"%s\",op=\"%s\"} %" PRIu64 "\n",
                       binding, kk_kinesis_method_name((enum kk_kinesis_op)i), t->attempts[i]);
@@ -530,6 +521,7 @@ static void k_metrics(struct kk_target *base, const char *binding_raw, struct kk
                   st.open);
     kk_buf_printf(out, "kubemq_kinesis_pool_connections{binding=\"%s\",state=\"idle\"} %u\n", binding,
                   st.idle);
+    kk_buf_free(&lb);
 }
 
 static void target_free(struct ktarget *t)
