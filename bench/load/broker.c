@@ -62,6 +62,8 @@ struct broker {
     struct txn txns[MAX_TXN];
     uint64_t next_txn;
     uint64_t t0_us, stop_gen_ms, deadline_ms, wait_until_ms;
+    /* --warmup: replies to requests below count_from are not counted (UINT64_MAX while warming up) */
+    uint64_t warm_end_ms, count_from;
     bool subscribed, stopping, generating_done, closed;
     struct load_stats st;
     int rc;
@@ -117,7 +119,9 @@ static void complete(struct broker *b, uint64_t seq, int err)
     }
     struct pend *p = &b->ring[seq & (RING - 1)];
     p->live = 0;
-    if (err < 0) {
+    if (seq < b->count_from) {
+        /* sent during the warm-up */
+    } else if (err < 0) {
         b->st.errors++;
         b->st.err[-err - 1]++;
     } else {
@@ -207,10 +211,29 @@ static void run_started(struct broker *b)
     b->subscribed = true;
     b->t0_us = now_us();
     b->st.t_start_ms = kk_mono_ms();
+    uint64_t warm_ms = (uint64_t)(b->o->warmup_s * 1000);
+    if (warm_ms) {
+        b->warm_end_ms = b->st.t_start_ms + warm_ms;
+        b->count_from = UINT64_MAX;
+    }
     if (b->o->duration_s > 0)
-        b->stop_gen_ms = b->st.t_start_ms + (uint64_t)(b->o->duration_s * 1000);
+        b->stop_gen_ms = b->st.t_start_ms + warm_ms + (uint64_t)(b->o->duration_s * 1000);
     if (b->oc.pid_file && b->oc.pid <= 0)
         b->oc.pid = read_pid_file(b->oc.pid_file);
+    b->st.cpu_start_s = b->oc.pid > 0 ? proc_cpu_s(b->oc.pid) : -1;
+}
+
+/* End of --warmup (connections set up, TLS handshakes done): the counts,
+ * latencies, elapsed time and gateway CPU start over from here; requests
+ * still outstanding from the warm-up are not counted when they complete. */
+static void end_warmup(struct broker *b, uint64_t nowms)
+{
+    b->warm_end_ms = 0;
+    b->count_from = b->next_seq;
+    b->st.sent = b->st.ok = b->st.errors = 0;
+    memset(b->st.err, 0, sizeof(b->st.err));
+    hist_init(&b->st.lat);
+    b->st.t_start_ms = nowms;
     b->st.cpu_start_s = b->oc.pid > 0 ? proc_cpu_s(b->oc.pid) : -1;
 }
 
@@ -219,6 +242,8 @@ static void generate(struct broker *b)
     if (!b->subscribed || b->stopping)
         return;
     uint64_t nowms = kk_mono_ms();
+    if (b->warm_end_ms && nowms >= b->warm_end_ms)
+        end_warmup(b, nowms);
     if (!b->generating_done &&
         ((b->limit && b->next_seq >= b->limit) || (b->stop_gen_ms && nowms >= b->stop_gen_ms)))
         b->generating_done = true;
@@ -539,8 +564,10 @@ static void finish_run(struct broker *b)
     for (uint64_t s = b->tail; s < b->next_seq; s++)
         if (b->ring[s & (RING - 1)].live) {
             b->ring[s & (RING - 1)].live = 0;
-            b->st.errors++;
-            b->st.err[LERR_TIMEOUT]++;
+            if (s >= b->count_from) {
+                b->st.errors++;
+                b->st.err[LERR_TIMEOUT]++;
+            }
         }
     shutdown_all(b);
 }
@@ -567,8 +594,10 @@ static void on_tick(uv_timer_t *t)
             if (tn - p->t_us < lim_us)
                 break;
             p->live = 0;
-            b->st.errors++;
-            b->st.err[LERR_TIMEOUT]++;
+            if (b->tail >= b->count_from) {
+                b->st.errors++;
+                b->st.err[LERR_TIMEOUT]++;
+            }
         }
         b->tail++;
     }
@@ -685,8 +714,9 @@ int run_broker(const struct load_opts *o)
     h2_pool_free();
 
     if (b->rc == 0 || b->subscribed) {
-        char extra[64];
-        snprintf(extra, sizeof(extra), "\"subscribed\":%s", b->subscribed ? "true" : "false");
+        char extra[96];
+        snprintf(extra, sizeof(extra), "\"subscribed\":%s,\"warmup_s\":%.3f",
+                 b->subscribed ? "true" : "false", o->warmup_s);
         if (report_final(o, &b->st, extra) != 0 && b->rc == 0)
             b->rc = 1;
     }

@@ -20,6 +20,7 @@
 #include "kk/err.h"
 #include "kk/rand.h"
 #include "load.h"
+#include "tls.h"
 
 #define MAX_HDRS 32
 #define MAX_BODY (16u << 20)
@@ -51,7 +52,7 @@ static const char *const op_names[OP__COUNT] = {"PutRecord",
 
 struct kstats {
     uint64_t requests, by_op[OP__COUNT], records, record_bytes, bad_sig, unsigned_reqs, throttled,
-        partial_records, errors_5xx, connections;
+        partial_records, errors_5xx, connections, tls_errors, verified;
 };
 
 struct ksrv;
@@ -67,8 +68,10 @@ struct kconn {
     struct kk_buf body;
     struct kk_buf rest;  /* unparsed bytes while paused */
     struct kk_buf reply; /* response waiting for the injected latency */
+    struct kk_buf outq;  /* plain HTTP, no latency: replies of this read, written by on_read */
     bool busy, closing, keep_alive;
     int handles;
+    struct ktls_conn *tls; /* --tls: the session; NULL for plain HTTP */
     struct kconn *prev, *next;
     char rbuf[65536];
 };
@@ -83,6 +86,7 @@ struct ksrv {
     struct kstats st;
     struct kk_sigv4 sig;
     struct kk_aws_creds creds;
+    struct ktls_server *tls; /* --tls */
     uint64_t seq;
     uint64_t t_start_ms;
     bool stopping;
@@ -98,6 +102,8 @@ static void on_handle_closed(uv_handle_t *h)
         kk_buf_free(&c->body);
         kk_buf_free(&c->rest);
         kk_buf_free(&c->reply);
+        kk_buf_free(&c->outq);
+        ktls_conn_free(c->tls);
         free(c);
     }
 }
@@ -329,7 +335,10 @@ static void handle(struct ksrv *k, struct kconn *c)
     if (!stream[0])
         snprintf(stream, sizeof(stream), "stream");
 
-    if (o->secret) {
+    /* --verify-every N: SHA-256 of every body would cost the fake as much CPU as the gateway
+     * under test spends, on the same cores; a sample still catches a wrong signer. */
+    if (o->secret && (o->verify_every <= 1 || k->st.requests % o->verify_every == 1)) {
+        k->st.verified++;
         int v = verify_sig(k, c);
         if (v != 1) {
             if (v == 0)
@@ -457,24 +466,43 @@ static void on_written(uv_write_t *req, int status)
 static void feed(struct kconn *c, const char *p, size_t n);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
 
-static void send_reply(struct kconn *c)
+/* Hands b's bytes to a write (b keeps its limit, starts empty); closes the
+ * connection on failure.  0 or -1. */
+static int write_buf(struct kconn *c, struct kk_buf *b)
 {
+    if (b->len == 0)
+        return 0;
     struct wreq *w = malloc(sizeof(*w));
     if (!w) {
         conn_close(c);
-        return;
+        return -1;
     }
-    /* Hand the reply buffer to the write; the connection gets a fresh one. */
-    w->data = c->reply.base;
-    uv_buf_t b = uv_buf_init(c->reply.base, (unsigned)c->reply.len);
-    c->reply.base = NULL;
-    c->reply.len = c->reply.cap = 0;
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
+    w->data = b->base;
+    uv_buf_t ub = uv_buf_init(b->base, (unsigned)b->len);
+    b->base = NULL;
+    b->len = b->cap = 0;
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_written) != 0) {
         free(w->data);
         free(w);
         conn_close(c);
-        return;
+        return -1;
     }
+    return 0;
+}
+
+static void send_reply(struct kconn *c)
+{
+    struct kk_buf *b = &c->reply;
+    if (c->tls) {
+        if (ktls_write(c->tls, c->reply.base, c->reply.len) != 0) {
+            conn_close(c);
+            return;
+        }
+        kk_buf_reset(&c->reply);
+        b = ktls_out(c->tls);
+    }
+    if (write_buf(c, b) != 0)
+        return;
     c->busy = false;
     if (!c->keep_alive) {
         conn_close(c);
@@ -487,6 +515,8 @@ static void send_reply(struct kconn *c)
         kk_buf_init(&c->rest, MAX_BODY + MAX_HEAD);
         feed(c, r.base, r.len);
         kk_buf_free(&r);
+        if (!c->closing)
+            write_buf(c, c->tls ? ktls_out(c->tls) : &c->outq);
     }
     if (!c->busy && !c->closing)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -503,10 +533,18 @@ static int on_msg_complete(llhttp_t *p)
     struct ksrv *k = c->k;
     c->keep_alive = llhttp_should_keep_alive(p);
     handle(k, c);
-    c->busy = true;
     uint32_t lat = k->o->lat_min_ms;
     if (k->o->lat_max_ms > lat)
         lat += (uint32_t)kk_rand_below(k->o->lat_max_ms - lat + 1);
+    if (lat == 0 && c->keep_alive) {
+        /* No latency to inject: queue the reply and keep parsing; on_read
+         * writes every reply of this read at once (no timer, no read stop). */
+        int rv = c->tls ? ktls_write(c->tls, c->reply.base, c->reply.len)
+                        : kk_buf_append(&c->outq, c->reply.base, c->reply.len);
+        kk_buf_reset(&c->reply);
+        return rv == 0 ? 0 : -1;
+    }
+    c->busy = true;
     uv_timer_start(&c->delay, on_delay, lat, 0);
     return HPE_PAUSED;
 }
@@ -539,6 +577,13 @@ static void feed(struct kconn *c, const char *p, size_t n)
     }
 }
 
+static bool on_plain(void *user, const char *p, size_t n)
+{
+    struct kconn *c = user;
+    feed(c, p, n);
+    return !c->closing;
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     struct kconn *c = s->data;
@@ -549,8 +594,25 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
             uv_read_stop(s); /* reply still goes out; close after */
         return;
     }
-    if (n > 0)
+    if (n == 0)
+        return;
+    if (!c->tls) {
         feed(c, b->base, (size_t)n);
+        if (!c->closing)
+            write_buf(c, &c->outq);
+        return;
+    }
+    int r = ktls_input(c->tls, b->base, (size_t)n, on_plain, c);
+    if (c->closing)
+        return;
+    if (write_buf(c, ktls_out(c->tls)) != 0) /* handshake records, replies */
+        return;
+    if (r < 0) {
+        c->k->st.tls_errors++;
+        conn_close(c);
+    } else if (r > 0 && !c->busy) {
+        conn_close(c);
+    }
 }
 
 static void on_connection(uv_stream_t *l, int status)
@@ -570,13 +632,16 @@ static void on_connection(uv_stream_t *l, int status)
     kk_buf_init(&c->body, MAX_BODY);
     kk_buf_init(&c->rest, MAX_BODY + MAX_HEAD);
     kk_buf_init(&c->reply, MAX_BODY + MAX_HEAD);
+    kk_buf_init(&c->outq, 4 * (MAX_BODY + MAX_HEAD));
     llhttp_init(&c->parser, HTTP_REQUEST, &settings);
     c->parser.data = c;
     c->next = k->conns;
     if (k->conns)
         k->conns->prev = c;
     k->conns = c;
-    if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
+    if (k->tls)
+        c->tls = ktls_conn_new(k->tls);
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0 || (k->tls && !c->tls)) {
         conn_close(c);
         return;
     }
@@ -640,11 +705,14 @@ static int print_stats(struct ksrv *k)
             printf("    %-16s %" PRIu64 "\n", op_names[i], k->st.by_op[i]);
     printf("  %-18s %" PRIu64 " (%" PRIu64 " bytes)\n", "records", k->st.records, k->st.record_bytes);
     printf("  %-18s %.1f /s\n", "records rate", el > 0 ? (double)k->st.records / el : 0.0);
+    printf("  %-18s %" PRIu64 "\n", "verified", k->st.verified);
     printf("  %-18s %" PRIu64 "\n", "bad signatures", k->st.bad_sig);
     printf("  %-18s %" PRIu64 "\n", "unsigned", k->st.unsigned_reqs);
     printf("  %-18s %" PRIu64 "\n", "throttled", k->st.throttled);
     printf("  %-18s %" PRIu64 "\n", "failed records", k->st.partial_records);
     printf("  %-18s %" PRIu64 "\n", "5xx injected", k->st.errors_5xx);
+    if (k->tls)
+        printf("  %-18s %" PRIu64 "\n", "tls errors", k->st.tls_errors);
     printf("  %-18s %.2f s\n", "cpu", self_cpu_s());
     fflush(stdout);
     if (!o->json_path)
@@ -661,9 +729,11 @@ static int print_stats(struct ksrv *k)
     fprintf(f,
             "},\"records\":%" PRIu64 ",\"record_bytes\":%" PRIu64 ",\"bad_signatures\":%" PRIu64
             ",\"unsigned\":%" PRIu64 ",\"throttled\":%" PRIu64 ",\"failed_records\":%" PRIu64
-            ",\"errors_5xx\":%" PRIu64 ",\"self_cpu_s\":%.3f}\n",
+            ",\"errors_5xx\":%" PRIu64 ",\"verified\":%" PRIu64 ",\"tls\":%s,\"tls_errors\":%" PRIu64
+            ",\"self_cpu_s\":%.3f}\n",
             k->st.records, k->st.record_bytes, k->st.bad_sig, k->st.unsigned_reqs, k->st.throttled,
-            k->st.partial_records, k->st.errors_5xx, self_cpu_s());
+            k->st.partial_records, k->st.errors_5xx, k->st.verified, k->tls ? "true" : "false",
+            k->st.tls_errors, self_cpu_s());
     return f != stdout && fclose(f) != 0 ? -1 : 0;
 }
 
@@ -679,6 +749,14 @@ int run_kinesis(const struct load_opts *o)
     if (o->secret)
         snprintf(k->creds.secret_key, sizeof(k->creds.secret_key), "%s", o->secret);
     k->creds.generation = 1;
+    if (o->tls_cert) {
+        char err[256];
+        if (ktls_server_new(o->tls_cert, &k->tls, err, sizeof(err)) != 0) {
+            fprintf(stderr, "tls: %s\n", err);
+            free(k);
+            return 2;
+        }
+    }
     uv_loop_init(&loop);
     k->loop = &loop;
     uv_tcp_init(&loop, &k->listener);
@@ -725,6 +803,7 @@ int run_kinesis(const struct load_opts *o)
         fprintf(stderr, "warning: loop not closed cleanly: %s\n", uv_strerror(lc));
     if (rc == 0 && print_stats(k) != 0)
         rc = 1;
+    ktls_server_free(k->tls);
     free(k);
     return rc;
 }

@@ -29,6 +29,7 @@ struct load_opts {
     double rate;       /* open loop: requests per second */
     uint64_t requests; /* 0: use duration */
     double duration_s; /* 0: use requests */
+    double warmup_s;   /* broker: run this long first, uncounted */
     uint32_t timeout_ms;
     double wait_subscribe_s;
     const char *json_path, *hist_path, *plot_path;
@@ -39,6 +40,8 @@ struct load_opts {
     uint32_t lat_min_ms, lat_max_ms;
     double throttle_rate, partial_rate, error_rate;
     const char *secret, *access_key;
+    uint32_t verify_every; /* check the signature of 1 request in N (0, 1: all) */
+    const char *tls_cert;  /* serve HTTPS; the generated certificate's PEM goes here */
     const char *port_file; /* write the bound port here (scripts) */
 };
 

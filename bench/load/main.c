@@ -31,10 +31,14 @@ static void usage(FILE *f)
         "  --inflight N (closed loop, default 1)  --rate R (open loop, requests/s)\n"
         "  --requests N | --duration S (default 1000 requests)  --timeout-ms MS (default 30000)\n"
         "  --wait-subscribe S (broker, default 30)  --address HOST:PORT (client)\n"
+        "  --warmup S (broker: load for S seconds first, not counted; then --duration S)\n"
         "  --pid P | --pid-file F (gateway: CPU seconds and peak RSS)  --histogram FILE  --plot FILE.png\n"
         "kinesis:\n"
         "  --latency-ms N|N:M  --throttle-rate p  --partial-failure-rate p  --error-rate p\n"
         "  --secret S [--access-key A] (verify SigV4; bad signatures get 403 and are counted)\n"
+        "  --verify-every N (with --secret: verify 1 request in N, the first included; default all)\n"
+        "  --tls CERT.pem (HTTPS: a fresh self-signed EC certificate for DNS:localhost and\n"
+        "         DNS:127.0.0.1 is written to CERT.pem; trust it with tls_ca_file)\n"
         "\n"
         "\n"
         "Checks: query reply Response JSON with is_error false; command Executed; queue AckRange/AckAll\n"
@@ -75,6 +79,9 @@ enum {
     O_HELP,
     O_PID_FILE,
     O_BATCH,
+    O_TLS,
+    O_WARMUP,
+    O_VERIFY_EVERY,
 };
 
 static const struct option longopts[] = {
@@ -108,6 +115,9 @@ static const struct option longopts[] = {
     {"help", 0, 0, O_HELP},
     {"pid-file", 1, 0, O_PID_FILE},
     {"batch", 1, 0, O_BATCH},
+    {"tls", 1, 0, O_TLS},
+    {"warmup", 1, 0, O_WARMUP},
+    {"verify-every", 1, 0, O_VERIFY_EVERY},
     {0, 0, 0, 0},
 };
 
@@ -217,6 +227,16 @@ int main(int argc, char **argv)
         case O_BATCH:
             bad = num(optarg, 1, 500, &v);
             o.batch = (uint32_t)v;
+            break;
+        case O_VERIFY_EVERY:
+            bad = num(optarg, 1, 1e6, &v);
+            o.verify_every = (uint32_t)v;
+            break;
+        case O_WARMUP:
+            bad = num(optarg, 0, 3600, &o.warmup_s);
+            break;
+        case O_TLS:
+            o.tls_cert = optarg;
             break;
         case O_HIST:
             o.hist_path = optarg;

@@ -1,6 +1,8 @@
-// kubemq-kinesis-load: the fake Kinesis answers signed calls and counts bad signatures; the fake
-// broker drives the gateway (null target) and reports a clean JSON summary.
+// kubemq-kinesis-load: the fake Kinesis answers signed calls and counts bad signatures (over HTTP and
+// HTTPS with its generated certificate); the fake broker drives the gateway (null target, aws.kinesis
+// over http and https) and reports a clean JSON summary.
 import { test } from 'node:test';
+import https from 'node:https';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -82,6 +84,28 @@ test('kinesis fake: signed PutRecord/PutRecords answered, bad signature rejected
     assert.equal(st.by_op.PutRecords, 1);
 });
 
+test('kinesis fake: --verify-every 2 checks the 1st and 3rd signatures only', { timeout: 20000 }, async () => {
+    const dir = tmpDir('kk-load-');
+    const json = path.join(dir, 'k.json');
+    const k = startLoad(['kinesis', '--port', '0', '--secret', SECRET, '--access-key', AKID, '--verify-every', '2',
+        '--json', json, '--quiet']);
+    const port = await portOf(k, 'kinesis fake');
+    const statuses = [];
+    for (let i = 0; i < 4; i++) {
+        const r = await kinesisCall(port, 'PutRecord', { StreamName: 's', PartitionKey: 'k', Data: 'aGk=' }, { secret: 'wrong' });
+        statuses.push(r.status);
+    }
+    assert.deepEqual(statuses, [403, 200, 403, 200]);
+    process.kill(k.proc.pid, 'SIGTERM');
+    const ex = await waitExit(k.proc, 5000);
+    untrack(k.proc);
+    assert.equal(ex.code, 0, k.err());
+    const st = JSON.parse(fs.readFileSync(json, 'utf8'));
+    assert.equal(st.verified, 2);
+    assert.equal(st.bad_signatures, 2);
+    assert.equal(st.requests, 4);
+});
+
 test('kinesis fake: fault injection gives throttles and partial failures', { timeout: 20000 }, async () => {
     const k = startLoad(['kinesis', '--port', '0', '--throttle-rate', '1', '--quiet', '--duration', '10']);
     const port = await portOf(k, 'kinesis fake');
@@ -148,6 +172,49 @@ test('broker drives the gateway (null target): 200 requests, 0 errors', { timeou
     }
 });
 
+test('broker --warmup: the first half second is not counted, the measured window is --duration', { timeout: 30000 }, async (t) => {
+    if (!haveGateway()) {
+        t.skip(`gateway binary ${path.join(BUILD, 'kubemq-kinesis')} not built: skipping the warm-up run`);
+        return;
+    }
+    const dir = tmpDir('kk-load-');
+    const json = path.join(dir, 'b.json');
+    const b = startLoad(['broker', '--port', '0', '--kind', 'query', '--channel', 'q.warm', '--warmup', '0.5',
+        '--duration', '1', '--inflight', '4', '--wait-subscribe', '15', '--timeout-ms', '5000', '--json', json, '--quiet']);
+    const bport = await portOf(b, 'fake broker');
+    const apiPort = await freePort();
+    const gw = await startGateway({ config: [
+        `apiPort: ${apiPort}`,
+        'bindings:',
+        '  - name: warm',
+        '    source:',
+        '      kind: kubemq.query',
+        '      name: q',
+        '      properties:',
+        `        address: "127.0.0.1:${bport}"`,
+        '        client_id: "bench"',
+        '        channel: "q.warm"',
+        '    target:',
+        '      kind: "null"',
+        '      name: n',
+        '',
+    ].join('\n') });
+    try {
+        const ex = await waitExit(b.proc, 20000);
+        untrack(b.proc);
+        assert.equal(ex.code, 0, `broker exit ${JSON.stringify(ex)}\n${b.out()}\n${b.err()}`);
+        const st = JSON.parse(fs.readFileSync(json, 'utf8'));
+        assert.equal(st.warmup_s, 0.5);
+        assert.equal(st.errors, 0);
+        assert.ok(st.ok > 0);
+        assert.equal(st.ok, st.sent, 'replies to warm-up requests are not counted');
+        assert.equal(st.latency_ms.count, st.ok);
+        assert.ok(st.elapsed_s >= 0.95 && st.elapsed_s < 1.5, `elapsed ${st.elapsed_s}`);
+    } finally {
+        await gw.stop();
+    }
+});
+
 test('broker -> gateway (aws.kinesis) -> fake kinesis: signatures verify, every record lands', { timeout: 30000 }, async (t) => {
     if (!haveGateway()) {
         t.skip(`gateway binary ${path.join(BUILD, 'kubemq-kinesis')} not built: skipping the end-to-end run`);
@@ -205,6 +272,98 @@ test('broker -> gateway (aws.kinesis) -> fake kinesis: signatures verify, every 
     assert.equal(ks.by_op.PutRecords, 100);
     assert.equal(ks.records, 300);
     assert.equal(ks.record_bytes, 300 * 50);
+});
+
+function httpsCall(port, target, body, ca) {
+    const opts = {
+        host: 'localhost', path: '/', method: 'POST', service: 'kinesis', region: 'us-east-1',
+        headers: { 'Content-Type': 'application/x-amz-json-1.1', 'X-Amz-Target': `Kinesis_20131202.${target}` },
+        body: JSON.stringify(body),
+    };
+    aws4.sign(opts, { accessKeyId: AKID, secretAccessKey: SECRET });
+    return new Promise((resolve, reject) => {
+        const req = https.request({ host: '127.0.0.1', servername: 'localhost', port, method: 'POST', path: '/',
+            headers: opts.headers, ca, timeout: 5000 }, (res) => {
+            let text = '';
+            res.on('data', (d) => { text += d; });
+            res.on('end', () => resolve({ status: res.statusCode, json: JSON.parse(text) }));
+        });
+        req.on('timeout', () => req.destroy(new Error('timeout')));
+        req.on('error', reject);
+        req.end(opts.body);
+    });
+}
+
+test('kinesis fake over TLS: its certificate verifies for localhost; the gateway puts records over https', { timeout: 30000 }, async (t) => {
+    const dir = tmpDir('kk-load-');
+    const cert = path.join(dir, 'fake-kinesis.pem');
+    const kjson = path.join(dir, 'k.json');
+    const bjson = path.join(dir, 'b.json');
+    const k = startLoad(['kinesis', '--port', '0', '--tls', cert, '--secret', SECRET, '--access-key', AKID,
+        '--json', kjson, '--quiet']);
+    const kport = await portOf(k, 'kinesis fake (tls)');
+    const ca = fs.readFileSync(cert);
+    // A client trusting the written certificate gets answers; one that does not is refused.
+    const ls = await httpsCall(kport, 'ListStreams', {}, ca);
+    assert.equal(ls.status, 200);
+    assert.deepEqual(ls.json.StreamNames, ['bench']);
+    await assert.rejects(httpsCall(kport, 'ListStreams', {}, undefined), /self[- ]signed|certificate/i);
+
+    let gw = null;
+    try {
+        if (!haveGateway()) {
+            t.diagnostic(`gateway binary ${path.join(BUILD, 'kubemq-kinesis')} not built: skipping the gateway part`);
+            return;
+        }
+        const b = startLoad(['broker', '--port', '0', '--kind', 'query', '--channel', 'q.tls', '--method', 'put_record',
+            '--payload-bytes', '1024', '--requests', '300', '--inflight', '16', '--wait-subscribe', '15',
+            '--timeout-ms', '5000', '--json', bjson, '--quiet']);
+        const bport = await portOf(b, 'fake broker');
+        const apiPort = await freePort();
+        gw = await startGateway({ config: [
+            `apiPort: ${apiPort}`,
+            'bindings:',
+            '  - name: kin-tls',
+            '    source:',
+            '      kind: kubemq.query',
+            '      name: q',
+            '      properties:',
+            `        address: "127.0.0.1:${bport}"`,
+            '        client_id: "bench"',
+            '        channel: "q.tls"',
+            '    target:',
+            '      kind: aws.kinesis',
+            '      name: k',
+            '      properties:',
+            `        aws_key: "${AKID}"`,
+            `        aws_secret_key: "${SECRET}"`,
+            '        region: "us-east-1"',
+            `        endpoint: "https://localhost:${kport}"`,
+            `        tls_ca_file: "${cert}"`,
+            '        max_connections: 8',
+            '',
+        ].join('\n') });
+        const ex = await waitExit(b.proc, 25000);
+        untrack(b.proc);
+        assert.equal(ex.code, 0, `broker exit ${JSON.stringify(ex)}\n${b.out()}\n${b.err()}\ngateway:\n${gw.logs().slice(-3000)}`);
+        const st = JSON.parse(fs.readFileSync(bjson, 'utf8'));
+        assert.equal(st.ok, 300);
+        assert.equal(st.errors, 0);
+    } finally {
+        if (gw) await gw.stop();
+        process.kill(k.proc.pid, 'SIGTERM');
+        const kex = await waitExit(k.proc, 5000);
+        untrack(k.proc);
+        assert.equal(kex.code, 0, k.err());
+    }
+    const ks = JSON.parse(fs.readFileSync(kjson, 'utf8'));
+    assert.equal(ks.tls, true);
+    assert.equal(ks.bad_signatures, 0);
+    assert.equal(ks.unsigned, 0);
+    assert.equal(ks.by_op.PutRecord, 300);
+    assert.equal(ks.records, 300);
+    assert.equal(ks.record_bytes, 300 * 1024);
+    assert.ok(ks.connections >= 2 && ks.connections <= 2 + 8 + 2, `connections ${ks.connections}`);
 });
 
 test('client mode: queries through the test broker and the gateway, events and queue sends', { timeout: 30000 }, async (t) => {
