@@ -244,7 +244,7 @@ static void call_free(struct kk_kmq_client *c, struct call *call)
             bytes = 0;
         }
         kk_buf_reset(&call->out);
-        kk_buf_reset(&call->dec.buf);
+        kk_grpc_dec_reset(&call->dec);
         c->free_buf_bytes += bytes;
         c->free_calls[c->n_free++] = call;
         return;
@@ -614,7 +614,7 @@ static void call_park(struct kk_kmq_client *c, struct call *call)
     call->retried = true;
     call->out_off = 0;
     kk_grpc_resp_init(&call->resp);
-    kk_buf_reset(&call->dec.buf);
+    kk_grpc_dec_reset(&call->dec);
     if (call->reply)
         kk_kmq_free(call->reply);
     call->reply = NULL;

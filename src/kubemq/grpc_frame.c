@@ -18,12 +18,25 @@ void kk_grpc_frame_hdr(uint8_t out[KK_GRPC_HDR_LEN], uint32_t len)
 void kk_grpc_dec_init(struct kk_grpc_dec *d, size_t max_msg, size_t max_buffered)
 {
     kk_buf_init(&d->buf, max_buffered);
+    d->start = 0;
     d->max_msg = max_msg;
 }
 
 void kk_grpc_dec_free(struct kk_grpc_dec *d)
 {
     kk_buf_free(&d->buf);
+    d->start = 0;
+}
+
+/* Moves the held bytes to the front.  Done only when the dead prefix is
+ * large or space is needed, so delivering n held messages one at a time
+ * (a paused subscription resumed slot by slot) costs O(n), not O(n^2). */
+static void compact(struct kk_grpc_dec *d)
+{
+    if (d->start == 0)
+        return;
+    kk_buf_consume(&d->buf, d->start);
+    d->start = 0;
 }
 
 /* Checks the prefix at p (5 bytes available) and returns the body length. */
@@ -71,12 +84,16 @@ int kk_grpc_dec_drain(struct kk_grpc_dec *d, kk_grpc_msg_fn fn, void *arg)
     bool stopped;
     long used;
 
-    if (d->buf.len == 0)
+    if (d->buf.len == d->start)
         return 0;
-    used = deliver(d, (const uint8_t *)d->buf.base, d->buf.len, fn, arg, &stopped);
+    used = deliver(d, (const uint8_t *)d->buf.base + d->start, d->buf.len - d->start, fn, arg, &stopped);
     if (used < 0)
         return (int)used;
-    kk_buf_consume(&d->buf, (size_t)used);
+    d->start += (size_t)used;
+    if (d->start == d->buf.len)
+        kk_grpc_dec_reset(d);
+    else if (d->start >= (64u << 10) && d->start >= (d->buf.len - d->start))
+        compact(d);
     return 0;
 }
 
@@ -88,17 +105,20 @@ int kk_grpc_dec_feed(struct kk_grpc_dec *d, const uint8_t *p, size_t n, bool hol
     long used = 0;
     int rc;
 
-    if (hold || d->buf.len > 0) {
+    if (hold || d->buf.len > d->start) {
+        if (d->buf.len + n > d->buf.max)
+            compact(d);
         rc = kk_buf_append(&d->buf, p, n);
         if (rc < 0)
             return rc;
-        if (d->buf.len >= KK_GRPC_HDR_LEN) {
-            rc = check_hdr(d, (const uint8_t *)d->buf.base, &len);
+        if (d->buf.len - d->start >= KK_GRPC_HDR_LEN) {
+            rc = check_hdr(d, (const uint8_t *)d->buf.base + d->start, &len);
             if (rc < 0)
                 return rc;
         }
         return hold ? 0 : kk_grpc_dec_drain(d, fn, arg);
     }
+    kk_grpc_dec_reset(d);
     /* Fast path: nothing buffered, deliver in place. */
     used = deliver(d, p, n, fn, arg, &stopped);
     if (used < 0)

@@ -26,7 +26,8 @@ typedef int (*kk_grpc_msg_fn)(void *arg, const uint8_t *msg, size_t len);
  * split message, or bytes that arrive while held, are buffered, and the
  * buffer never exceeds max_buffered. */
 struct kk_grpc_dec {
-    struct kk_buf buf;
+    struct kk_buf buf; /* bytes [start, buf.len) are held */
+    size_t start;      /* read offset: delivering does not move the rest */
     size_t max_msg;
 };
 
@@ -42,7 +43,13 @@ int kk_grpc_dec_drain(struct kk_grpc_dec *d, kk_grpc_msg_fn fn, void *arg);
 /* Bytes held (partial or undelivered). */
 static inline size_t kk_grpc_dec_pending(const struct kk_grpc_dec *d)
 {
-    return d->buf.len;
+    return d->buf.len - d->start;
+}
+/* Drops everything held, keeps the allocation. */
+static inline void kk_grpc_dec_reset(struct kk_grpc_dec *d)
+{
+    kk_buf_reset(&d->buf);
+    d->start = 0;
 }
 
 /* Response headers and trailers of one call. */
