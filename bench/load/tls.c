@@ -39,8 +39,11 @@ struct ktls_conn {
 };
 
 /* subjectAltName: SEQUENCE { [2] "localhost", [2] "127.0.0.1" } (DER). */
-static const unsigned char san_der[] = {0x30, 0x16, 0x82, 0x09, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's',
-                                        't',  0x82, 0x09, '1',  '2', '7', '.', '0', '.', '0', '.', '1'};
+/* subjectAltName: DNS:localhost, DNS:127.0.0.1, IP:127.0.0.1 (the gateway
+ * checks IP hosts against iPAddress entries, tag 0x87). */
+static const unsigned char san_der[] = {0x30, 0x1c, 0x82, 0x09, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's', 't',
+                                        0x82, 0x09, '1',  '2',  '7', '.', '0', '.', '0', '.', '1', 0x87, 0x04,
+                                        127,  0,    0,    1};
 
 static int fail(char *err, size_t errlen, const char *what, int rc)
 {
