@@ -782,19 +782,40 @@ static kk_grpc_msg_fn msg_fn(const struct call *call)
     return call->kind == CALL_SUB ? on_sub_msg : call->kind == CALL_DOWN ? on_down_msg : on_unary_msg;
 }
 
+/* Acknowledges (opens the broker's stream window for) the received bytes of
+ * a subscription that are no longer held: while it is paused, every byte
+ * still in the decoder (undelivered messages, a partial tail) stays
+ * unacknowledged, so the window bounds what the broker can push beyond what
+ * was delivered.  Crediting held bytes on resume instead let each
+ * pause/resume cycle (one freed slot each under overload) admit another
+ * window, and the held buffer grew to its 100 MiB limit. */
+static void sub_credit(struct call *call)
+{
+    size_t keep;
+
+    if (call->canceled || !call->unconsumed || !call->conn->h2)
+        return;
+    keep = call->sub && call->sub->paused ? kk_grpc_dec_pending(&call->dec) : 0;
+    if (call->unconsumed > keep) {
+        nghttp2_session_consume_stream(call->conn->h2, call->id, call->unconsumed - keep);
+        call->unconsumed = keep;
+    }
+}
+
 static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
                          void *user)
 {
     struct conn *cn = user;
     struct call *call = nghttp2_session_get_stream_user_data(h2, id);
-    bool hold;
+    bool sub, hold;
     int rc;
 
     nghttp2_session_consume_connection(h2, len);
     if (!call || call->canceled)
         return 0;
-    hold = call->kind == CALL_SUB && call->sub && call->sub->paused;
-    if (hold)
+    sub = call->kind == CALL_SUB;
+    hold = sub && call->sub && call->sub->paused;
+    if (sub)
         call->unconsumed += len;
     else
         nghttp2_session_consume_stream(h2, id, len);
@@ -802,6 +823,8 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const u
     if (rc < 0) {
         KK_ERROR(cn->c->scope, "kubemq: stream %d: %s", id, kk_strerror(rc));
         call_cancel(call, rc);
+    } else if (sub) {
+        sub_credit(call);
     }
     return 0;
 }
@@ -1036,6 +1059,8 @@ static void drain_resumed(struct kk_kmq_client *c)
         rc = kk_grpc_dec_drain(&call->dec, on_sub_msg, call);
         if (rc < 0)
             call_cancel(call, rc);
+        else
+            sub_credit(call);
         if (c->closing)
             break;
         l = &c->subs;
@@ -1690,13 +1715,12 @@ void kk_kmq_sub_resume(struct kk_kmq_sub *s)
     if (s->call) {
         struct call *call = s->call;
 
-        if (call->unconsumed && call->conn->h2 && !call->canceled) {
-            nghttp2_session_consume_stream(call->conn->h2, call->id, call->unconsumed);
-            call->unconsumed = 0;
-        }
+        /* Held bytes are acknowledged as the drain delivers them (sub_credit). */
         if (kk_grpc_dec_pending(&call->dec)) {
             s->needs_drain = true;
             c->drain_pending = true;
+        } else {
+            sub_credit(call);
         }
     }
     kick(c);
