@@ -57,6 +57,7 @@ struct broker {
     size_t *body_len;
     uint32_t n_bodies;
     uint64_t next_seq, tail, limit;
+    struct hist send_lag; /* open loop: actual - intended send time, us (the broker's own lateness) */
     uint64_t q_next; /* queue: next seq to deliver (q_next..next_seq are ready) */
     struct pend *ring;
     struct txn txns[MAX_TXN];
@@ -233,6 +234,7 @@ static void end_warmup(struct broker *b, uint64_t nowms)
     b->st.sent = b->st.ok = b->st.errors = 0;
     memset(b->st.err, 0, sizeof(b->st.err));
     hist_init(&b->st.lat);
+    hist_init(&b->send_lag);
     b->st.t_start_ms = nowms;
     b->st.cpu_start_s = b->oc.pid > 0 ? proc_cpu_s(b->oc.pid) : -1;
 }
@@ -269,6 +271,8 @@ static void generate(struct broker *b)
             break;
         if (push_one(b, b->next_seq, when) != 0)
             break;
+        if (b->o->rate > 0 && b->next_seq > b->count_from)
+            hist_record(&b->send_lag, t - when);
     }
     if (b->kind == K_QUEUE)
         serve_poll(b); /* also after generation ended: the rest is still to deliver */
@@ -569,6 +573,12 @@ static void finish_run(struct broker *b)
                 b->st.err[LERR_TIMEOUT]++;
             }
         }
+    if (b->o->rate > 0 && b->send_lag.count)
+        fprintf(stderr,
+                "kubemq-kinesis-load broker: send lag (actual - intended send time, counted in the latency) "
+                "p50 %.3f p99 %.3f p99.9 %.3f max %.3f ms\n",
+                hist_quantile(&b->send_lag, 0.5) / 1e3, hist_quantile(&b->send_lag, 0.99) / 1e3,
+                hist_quantile(&b->send_lag, 0.999) / 1e3, b->send_lag.max / 1e3);
     shutdown_all(b);
 }
 
@@ -652,6 +662,7 @@ int run_broker(const struct load_opts *o)
         return 2;
     }
     hist_init(&b->st.lat);
+    hist_init(&b->send_lag);
     b->ring = calloc(RING, sizeof(*b->ring));
     if (!b->ring || build_bodies(b) != 0) {
         rv = 2;
