@@ -13,6 +13,11 @@ import { startGateway, haveGateway, freePort } from './lib/gateway.mjs';
 const BUILD = process.env.KK_BUILD_DIR || path.resolve('build');
 const LOAD = path.join(BUILD, 'kubemq-kinesis-load');
 const SECRET = 'overload-secret-not-real';
+// Under AddressSanitizer, RSS counts shadow memory and the free quarantine (up to 256 MiB of recently freed
+// blocks), so it says nothing about what the gateway holds: the memory bound is checked in the plain build only.
+const SANITIZED = (() => {
+    try { return fs.readFileSync(path.join(BUILD, 'kubemq-kinesis')).includes('__asan_init'); } catch { return false; }
+})();
 const AKID = 'AKIDOVERLOAD';
 
 function startLoad(args) {
@@ -76,7 +81,8 @@ test('overload: paused slot by slot, the gateway holds one stream window, not th
         assert.ok(st.ok > 1000, `only ${st.ok} answered`);
         // Idle, the gateway's RSS is ~4 MiB; before the fix the held buffer took the whole offered backlog.
         const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${gw.pid}/status`, 'utf8'))[1]);
-        assert.ok(hwm > 0 && hwm < 12 * 1024, `gateway peak RSS ${hwm} KiB`);
+        if (SANITIZED) t.diagnostic(`ASan build: peak RSS ${hwm} KiB not checked`);
+        else assert.ok(hwm > 0 && hwm < 12 * 1024, `gateway peak RSS ${hwm} KiB`);
     } finally {
         await gw.stop();
         process.kill(k.proc.pid, 'SIGTERM');
