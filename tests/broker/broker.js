@@ -19,7 +19,7 @@
 //        clients: {subscriberClientId: {requests, events}} (deliveries per subscriber)}
 //   connections = distinct client peers (ip:port) that made a call since the last (re)start.
 //
-// Semantics follow /work/shared/docs/kubemq-protocol.md §4 (community broker): events fan-out with
+// Semantics follow ../shared/docs/kubemq-protocol.md §4 (community broker): events fan-out with
 // round-robin groups, events-store history with every start position, request/reply through a
 // unique _INBOX reply channel with Timeout (ms) and "Error 301", queues (queues.js: unary API,
 // StreamQueueMessage, QueuesUpstream, QueuesDownstream, QueuesInfo).
