@@ -54,6 +54,7 @@
 /* Unary calls made while no connection is READY wait for the next one,
  * within their deadline and these caps (past them: KK_EBUSY at once). */
 #define PARKED_MAX_CALLS 4096u
+#define LIVE_UNARY_MAX 16384u /* unary calls in flight per client, parked ones included */
 #define PARKED_MAX_BYTES ((size_t)4 << 20)
 /* A connection counts as stable (the reconnect backoff starts over) only
  * after it has been READY this long; a broker that closes or GOAWAYs every
@@ -99,6 +100,7 @@ struct call {
     enum call_kind kind;
     const char *method; /* static string, for a resend */
     bool retried;       /* unary: already resent once after a refusal */
+    bool counted;       /* unary: counted in kk_kmq_client.live_unary */
     bool keep_open;     /* bidi: the request side stays open */
     bool canceled;      /* we sent RST_STREAM */
     int err;            /* local verdict (ETOOBIG, EPARSE, ETIMEOUT) */
@@ -147,6 +149,7 @@ struct kk_kmq_client {
     struct link conns, subs, downs, deadlines, zombies;
     struct link parked; /* unary calls waiting for a READY connection */
     unsigned n_parked;
+    unsigned live_unary; /* unary calls not yet ended (on a connection or parked) */
     size_t parked_bytes; /* request bytes held by parked calls */
     unsigned attempt;
     int cb_depth;
@@ -216,7 +219,7 @@ static struct call *call_get(struct kk_kmq_client *c)
     link_init(&call->dl_link);
     call->id = -1;
     call->method = NULL;
-    call->keep_open = call->canceled = call->retried = false;
+    call->keep_open = call->canceled = call->retried = call->counted = false;
     call->err = 0;
     call->out_off = 0;
     call->unconsumed = 0;
@@ -233,6 +236,10 @@ static struct call *call_get(struct kk_kmq_client *c)
 
 static void call_free(struct kk_kmq_client *c, struct call *call)
 {
+    if (call->counted) {
+        c->live_unary--;
+        call->counted = false;
+    }
     kk_pb_free(call->reply);
     call->reply = NULL;
     if (c->n_free < FREE_CALLS_MAX && !c->closing) {
@@ -1577,6 +1584,8 @@ static int unary_on(struct conn *cn, const char *method, const ProtobufCMessage 
 
     if (!call)
         return KK_ENOMEM;
+    call->counted = true;
+    c->live_unary++;
     call->kind = CALL_UNARY;
     call->cb = cb;
     call->cb_arg = arg;
@@ -1608,6 +1617,8 @@ static int unary_park(struct kk_kmq_client *c, const char *method, const Protobu
     call = call_get(c);
     if (!call)
         return KK_ENOMEM;
+    call->counted = true;
+    c->live_unary++;
     p = (uint8_t *)kk_buf_reserve(&call->out, KK_GRPC_HDR_LEN + size);
     if (!p) {
         call_free(c, call);
@@ -1632,6 +1643,11 @@ static int unary(struct kk_kmq_client *c, const char *method, const ProtobufCMes
 {
     if (c->closing)
         return KK_ESHUTDOWN;
+    /* Every unary call holds its request until the broker answers: a broker
+     * that stops answering while keeping the connection must not make them
+     * pile up without bound (the deadline alone bounds them only in time). */
+    if (c->live_unary >= LIVE_UNARY_MAX)
+        return KK_EBUSY;
     if (c->cur && c->cur->ready && c->state == KK_KMQ_READY)
         return unary_on(c->cur, method, msg, reply_desc, cb, arg);
     if (c->state == KK_KMQ_FAILED)
