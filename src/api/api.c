@@ -96,6 +96,30 @@ static void targets_labels(struct kk_buf *out, const struct kk_binding_cfg *c)
 
 enum counter { C_REQ, C_REQ_VOL, C_RESP, C_RESP_VOL, C_ERR };
 
+static uint64_t val_inflight(const struct kk_app_binding *v, const struct kk_binding_stats *st)
+{
+    (void)st;
+    return v->b ? kk_binding_inflight(v->b) : 0;
+}
+
+static uint64_t val_ready(const struct kk_app_binding *v, const struct kk_binding_stats *st)
+{
+    (void)st;
+    return v->started && kk_binding_ready(v->b, NULL);
+}
+
+static uint64_t val_retries(const struct kk_app_binding *v, const struct kk_binding_stats *st)
+{
+    (void)v;
+    return st->retries;
+}
+
+static uint64_t val_invalid(const struct kk_app_binding *v, const struct kk_binding_stats *st)
+{
+    (void)v;
+    return st->invalid;
+}
+
 static uint64_t counter_of(const struct kk_binding_stats *st, enum counter c)
 {
     switch (c) {
@@ -179,6 +203,15 @@ static void handle_metrics(struct kk_api *api, struct kk_http_exchange *ex)
         [C_RESP_VOL] = {"kubemq_targets_responses_volume", "sums response data bytes per binding"},
         [C_ERR] = {"kubemq_targets_errors_count", "counts failed requests (after retries) per binding"},
     };
+    static const struct {
+        const char *name, *help, *type;
+        uint64_t (*value)(const struct kk_app_binding *v, const struct kk_binding_stats *st);
+    } simple[] = {
+        {"kubemq_kinesis_inflight", "requests in flight per binding", "gauge", val_inflight},
+        {"kubemq_kinesis_binding_ready", "1 when the binding's source and target are ready", "gauge", val_ready},
+        {"kubemq_kinesis_retries_total", "target attempts beyond the first", "counter", val_retries},
+        {"kubemq_kinesis_invalid_requests_total", "bodies that did not decode", "counter", val_invalid},
+    };
     static const struct kk_binding_stats zero;
     struct kk_buf out;
     kk_buf_init(&out, MAX_OUT);
@@ -194,38 +227,16 @@ static void handle_metrics(struct kk_api *api, struct kk_http_exchange *ex)
             kk_buf_printf(&out, " %" PRIu64 "\n", counter_of(STATS, (enum counter)f));
         }
     }
-    kk_buf_append_str(&out, "# HELP kubemq_kinesis_inflight requests in flight per binding\n"
-                            "# TYPE kubemq_kinesis_inflight gauge\n");
-    for (size_t i = 0; i < n; i++) {
-        kk_app_binding_get(api->app, i, &v);
-        kk_buf_append_str(&out, "kubemq_kinesis_inflight{");
-        prom_label(&out, "binding", v.cfg->name, true);
-        kk_buf_printf(&out, "} %u\n", v.b ? kk_binding_inflight(v.b) : 0);
-    }
-    kk_buf_append_str(&out,
-                      "# HELP kubemq_kinesis_binding_ready 1 when the binding's source and target are ready\n"
-                      "# TYPE kubemq_kinesis_binding_ready gauge\n");
-    for (size_t i = 0; i < n; i++) {
-        kk_app_binding_get(api->app, i, &v);
-        kk_buf_append_str(&out, "kubemq_kinesis_binding_ready{");
-        prom_label(&out, "binding", v.cfg->name, true);
-        kk_buf_printf(&out, "} %d\n", v.started && kk_binding_ready(v.b, NULL));
-    }
-    kk_buf_append_str(&out, "# HELP kubemq_kinesis_retries_total target attempts beyond the first\n"
-                            "# TYPE kubemq_kinesis_retries_total counter\n");
-    for (size_t i = 0; i < n; i++) {
-        kk_app_binding_get(api->app, i, &v);
-        kk_buf_append_str(&out, "kubemq_kinesis_retries_total{");
-        prom_label(&out, "binding", v.cfg->name, true);
-        kk_buf_printf(&out, "} %" PRIu64 "\n", STATS->retries);
-    }
-    kk_buf_append_str(&out, "# HELP kubemq_kinesis_invalid_requests_total bodies that did not decode\n"
-                            "# TYPE kubemq_kinesis_invalid_requests_total counter\n");
-    for (size_t i = 0; i < n; i++) {
-        kk_app_binding_get(api->app, i, &v);
-        kk_buf_append_str(&out, "kubemq_kinesis_invalid_requests_total{");
-        prom_label(&out, "binding", v.cfg->name, true);
-        kk_buf_printf(&out, "} %" PRIu64 "\n", STATS->invalid);
+    /* Per-binding families labelled by binding name only. */
+    for (size_t f = 0; f < sizeof(simple) / sizeof(simple[0]); f++) {
+        kk_buf_printf(&out, "# HELP %s %s\n# TYPE %s %s\n", simple[f].name, simple[f].help, simple[f].name,
+                      simple[f].type);
+        for (size_t i = 0; i < n; i++) {
+            kk_app_binding_get(api->app, i, &v);
+            kk_buf_printf(&out, "%s{", simple[f].name);
+            prom_label(&out, "binding", v.cfg->name, true);
+            kk_buf_printf(&out, "} %" PRIu64 "\n", simple[f].value(&v, STATS));
+        }
     }
     kk_buf_append_str(&out, "# HELP kubemq_kinesis_request_duration_seconds time from receipt to reply\n"
                             "# TYPE kubemq_kinesis_request_duration_seconds histogram\n");
