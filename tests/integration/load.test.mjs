@@ -4,34 +4,20 @@
 import { test } from 'node:test';
 import https from 'node:https';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
-import { track, untrack, waitExit, firstLine, tmpDir } from './lib/procs.mjs';
+import { untrack, waitExit, tmpDir } from './lib/procs.mjs';
 import { startGateway, haveGateway, freePort, ready } from './lib/gateway.mjs';
 import { brokerProcess } from './lib/broker.mjs';
+import { LOAD, startLoad, portOf } from './lib/load.mjs';
 
 const require = createRequire(import.meta.url);
 const aws4 = require('../node_modules/aws4');
 const BUILD = process.env.KK_BUILD_DIR || path.resolve('build');
-const LOAD = path.join(BUILD, 'kubemq-kinesis-load');
 const SECRET = 'bench-secret-not-real';
 const AKID = 'AKIDBENCH';
 
-function startLoad(args) {
-    const proc = track(spawn(LOAD, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (d) => { out += d; });
-    proc.stderr.on('data', (d) => { err += d; });
-    return { proc, out: () => out, err: () => err };
-}
-
-async function portOf(l, what) {
-    const line = await firstLine(l.proc, 10000, what);
-    return JSON.parse(line).port;
-}
 
 async function kinesisCall(port, target, body, { secret = SECRET } = {}) {
     const opts = {

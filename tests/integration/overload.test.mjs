@@ -4,14 +4,13 @@
 // window (src/kubemq/client.c), not by what the broker offers (~30 MB here), and nothing may fail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { track, untrack, waitExit, firstLine, tmpDir } from './lib/procs.mjs';
+import { untrack, waitExit, tmpDir } from './lib/procs.mjs';
 import { startGateway, haveGateway, freePort } from './lib/gateway.mjs';
+import { LOAD, startLoad, portOf } from './lib/load.mjs';
 
 const BUILD = process.env.KK_BUILD_DIR || path.resolve('build');
-const LOAD = path.join(BUILD, 'kubemq-kinesis-load');
 const SECRET = 'overload-secret-not-real';
 // Under AddressSanitizer, RSS counts shadow memory and the free quarantine (up to 256 MiB of recently freed
 // blocks), so it says nothing about what the gateway holds: the memory bound is checked in the plain build only.
@@ -20,18 +19,6 @@ const SANITIZED = (() => {
 })();
 const AKID = 'AKIDOVERLOAD';
 
-function startLoad(args) {
-    const proc = track(spawn(LOAD, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
-    let out = '';
-    let err = '';
-    proc.stdout.on('data', (d) => { out += d; });
-    proc.stderr.on('data', (d) => { err += d; });
-    return { proc, out: () => out, err: () => err };
-}
-
-async function portOf(l, what) {
-    return JSON.parse(await firstLine(l.proc, 10000, what)).port;
-}
 
 test('overload: paused slot by slot, the gateway holds one stream window, not the offered backlog', { timeout: 60000 }, async (t) => {
     if (!haveGateway() || !fs.existsSync(LOAD)) {
