@@ -72,6 +72,13 @@ struct kk_kmq_opts {
      * only in tests. */
     uint32_t keepalive_idle_ms;
     uint32_t keepalive_timeout_ms;    /* PING unanswered this long: the peer is dead; 0 -> 20000 */
+    /* Subscriptions are flow-controlled in messages instead of bytes: the
+     * broker can finish sending at most the credit given with
+     * kk_kmq_sub_add_credit (none at first), whatever the message sizes.
+     * Costs about one round trip per message a subscription receives beyond
+     * the first that fits 5 bytes per credit; false: a 1 MiB stream window
+     * and pause/resume. */
+    bool message_credit;
     const char *log_scope;            /* binding name for log lines */
 };
 
@@ -132,6 +139,16 @@ int kk_kmq_subscribe(struct kk_kmq_client *c, const Kubemq__Subscribe *sub,
                      const struct kk_kmq_sub_cbs *cbs, void *user, struct kk_kmq_sub **out);
 void kk_kmq_sub_pause(struct kk_kmq_sub *s);
 void kk_kmq_sub_resume(struct kk_kmq_sub *s);
+/* Message credit (opts.message_credit; no-ops otherwise): allow n more
+ * messages.  A message takes its unit when its gRPC prefix arrives and
+ * counts as outstanding until on_message has it; credit and reserved
+ * messages outlive a lost stream (the broker resends nothing of it, so the
+ * reservations return as credit).  Pause still holds delivery; it does not
+ * move the window. */
+void kk_kmq_sub_add_credit(struct kk_kmq_sub *s, uint32_t n);
+/* Credit not used yet plus messages announced and not delivered: what the
+ * broker may still complete beyond what on_message has seen. */
+uint32_t kk_kmq_sub_outstanding(const struct kk_kmq_sub *s);
 /* Bytes received on the current stream and not yet delivered (held while
  * paused, or a partial message); bounded by the stream window. */
 size_t kk_kmq_sub_buffered(const struct kk_kmq_sub *s);

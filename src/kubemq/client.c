@@ -6,6 +6,15 @@
  *   acknowledging bytes and the broker's stream window closes (real
  *   backpressure instead of an unbounded buffer here).  Connection-level
  *   bytes are consumed at once so other streams never starve.
+ * - Message credit (opts.message_credit): HTTP/2 counts bytes, the cap
+ *   counts messages.  Streams start with a zero window; a subscription's
+ *   window is moved by hand so that it ends 5 bytes (one gRPC prefix, the
+ *   smallest possible message) per unit of credit past the last message
+ *   whose prefix has arrived, plus that message's body.  So the broker can
+ *   finish writing at most `credit` more messages, whatever their sizes.
+ *   credit_scan() walks message boundaries; credit_window() sends the
+ *   WINDOW_UPDATE.  Every other stream opens a normal window once its
+ *   HEADERS are out (a WINDOW_UPDATE before them would be a protocol error).
  * - Output is coalesced: API calls only mark work and start an idle
  *   handle; input processing flushes right after nghttp2 has seen it.
  *   Either way one kk_stream_write per flush.
@@ -109,6 +118,13 @@ struct call {
     struct kk_grpc_dec dec;
     struct kk_grpc_resp resp;
     size_t unconsumed; /* stream bytes held while paused */
+    /* subscription with message credit: offsets in the stream's DATA bytes */
+    bool opened;      /* our HEADERS are out: WINDOW_UPDATE is allowed */
+    uint8_t pfx_have; /* bytes of a gRPC prefix seen (0..4) */
+    uint8_t pfx[KK_GRPC_HDR_LEN];
+    uint64_t rx;       /* bytes received */
+    uint64_t body_end; /* where the body of the last announced message ends */
+    uint64_t granted;  /* bytes the broker may send in all (window updates) */
     /* unary */
     kk_kmq_unary_cb cb;
     void *cb_arg;
@@ -178,6 +194,11 @@ struct kk_kmq_sub {
     bool have_seq;
     uint64_t last_seq;
     unsigned fails;
+    /* message credit (opts.message_credit): messages the broker may still
+     * start, and messages whose prefix arrived but which are not delivered
+     * yet.  Kept across streams: a lost stream's reserved ones return. */
+    uint32_t credit;
+    uint32_t reserved;
 };
 
 struct kk_kmq_downstream {
@@ -223,6 +244,9 @@ static struct call *call_get(struct kk_kmq_client *c)
     call->err = 0;
     call->out_off = 0;
     call->unconsumed = 0;
+    call->opened = false;
+    call->pfx_have = 0;
+    call->rx = call->body_end = call->granted = 0;
     kk_grpc_resp_init(&call->resp);
     call->cb = NULL;
     call->cb_arg = NULL;
@@ -619,6 +643,7 @@ static void call_park(struct kk_kmq_client *c, struct call *call)
     call->id = -1;
     call->conn = NULL;
     call->retried = true;
+    call->opened = false;
     call->out_off = 0;
     kk_grpc_resp_init(&call->resp);
     kk_grpc_dec_reset(&call->dec);
@@ -671,6 +696,8 @@ static void call_finish(struct call *call, uint32_t h2err)
 
             s->call = NULL;
             call->sub = NULL;
+            s->credit += s->reserved; /* their messages died with the stream */
+            s->reserved = 0;
             if (err == KK_EGRPC)
                 KK_WARN(c->scope, "kubemq: subscription %s ended: %s %s", s->req->channel,
                         kk_grpc_status_name(gs), gm);
@@ -725,6 +752,8 @@ static int on_sub_msg(void *arg, const uint8_t *p, size_t n)
         return 1;
     }
     s->fails = 0;
+    if (s->reserved)
+        s->reserved--; /* before the callback: its owner may grant credit in it */
     if (store) {
         s->last_seq = ((Kubemq__EventReceive *)msg)->sequence;
         s->have_seq = true;
@@ -800,12 +829,68 @@ static void sub_credit(struct call *call)
 {
     size_t keep;
 
-    if (call->canceled || !call->unconsumed || !call->conn->h2)
+    if (call->canceled || !call->unconsumed || !call->conn->h2 || call->conn->c->o.message_credit)
         return;
     keep = call->sub && call->sub->paused ? kk_grpc_dec_pending(&call->dec) : 0;
     if (call->unconsumed > keep) {
         nghttp2_session_consume_stream(call->conn->h2, call->id, call->unconsumed - keep);
         call->unconsumed = keep;
+    }
+}
+
+/* Message credit: moves the stream's window end to 5 bytes per unit of
+ * credit past the first message not yet announced (see the top of the
+ * file).  The end only grows: announcing a message adds its body and
+ * takes 5 bytes of credit, so it can never move back. */
+static void credit_window(struct call *call)
+{
+    struct kk_kmq_sub *s = call->sub;
+    uint64_t start, end, inc;
+
+    if (!s || !call->opened || call->canceled || !call->conn->h2)
+        return;
+    start = call->rx < call->body_end ? call->body_end : call->rx - call->pfx_have;
+    end = start + (uint64_t)KK_GRPC_HDR_LEN * s->credit;
+    if (end <= call->granted)
+        return;
+    inc = end - call->granted;
+    if (inc > (uint64_t)INT32_MAX - (call->granted - call->rx))
+        inc = (uint64_t)INT32_MAX - (call->granted - call->rx); /* HTTP/2's largest window */
+    if (inc && nghttp2_submit_window_update(call->conn->h2, NGHTTP2_FLAG_NONE, call->id, (int32_t)inc) == 0)
+        call->granted += inc;
+}
+
+/* Message credit: walks the gRPC prefixes in p[0..n) (the decoder sees the
+ * same bytes next).  A message is announced (takes one credit, becomes
+ * reserved until delivered) when its 5-byte prefix is complete. */
+static void credit_scan(struct call *call, const uint8_t *p, size_t n)
+{
+    struct kk_kmq_sub *s = call->sub;
+
+    while (n) {
+        if (call->rx < call->body_end) {
+            uint64_t k = call->body_end - call->rx;
+
+            if (k > n)
+                k = n;
+            call->rx += k;
+            p += k;
+            n -= (size_t)k;
+            continue;
+        }
+        call->pfx[call->pfx_have++] = *p++;
+        call->rx++;
+        n--;
+        if (call->pfx_have == KK_GRPC_HDR_LEN) {
+            call->pfx_have = 0;
+            call->body_end = call->rx + (((uint64_t)call->pfx[1] << 24) | ((uint64_t)call->pfx[2] << 16) |
+                                         ((uint64_t)call->pfx[3] << 8) | call->pfx[4]);
+            if (s) {
+                if (s->credit) /* 0 only if the broker overran its window */
+                    s->credit--;
+                s->reserved++;
+            }
+        }
     }
 }
 
@@ -822,7 +907,9 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const u
         return 0;
     sub = call->kind == CALL_SUB;
     hold = sub && call->sub && call->sub->paused;
-    if (sub)
+    if (sub && cn->c->o.message_credit)
+        credit_scan(call, data, len); /* the window moves in credit_window, not by consuming */
+    else if (sub)
         call->unconsumed += len;
     else
         nghttp2_session_consume_stream(h2, id, len);
@@ -830,6 +917,8 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const u
     if (rc < 0) {
         KK_ERROR(cn->c->scope, "kubemq: stream %d: %s", id, kk_strerror(rc));
         call_cancel(call, rc);
+    } else if (sub && cn->c->o.message_credit) {
+        credit_window(call);
     } else if (sub) {
         sub_credit(call);
     }
@@ -977,12 +1066,23 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
  * first request. */
 static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
 {
+    struct conn *cn = user;
     struct call *call;
 
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
     call = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
-    if (call && call->kind == CALL_DOWN && call->down && !call->canceled)
+    if (!call)
+        return 0;
+    if (cn->c->o.message_credit && !call->opened) {
+        /* Streams start with a zero window under message credit. */
+        call->opened = true;
+        if (call->kind == CALL_SUB)
+            credit_window(call);
+        else if (!call->canceled)
+            nghttp2_submit_window_update(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id, STREAM_WINDOW);
+    }
+    if (call->kind == CALL_DOWN && call->down && !call->canceled)
         down_notify(call->down, true, 0);
     return 0;
 }
@@ -1149,7 +1249,7 @@ static int session_new(struct conn *cn)
     nghttp2_option *opt = NULL;
     nghttp2_settings_entry iv[3] = {
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cn->c->o.message_credit ? 0 : STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64u << 10},
     };
     int rc = KK_ENOMEM;
@@ -1740,6 +1840,22 @@ void kk_kmq_sub_resume(struct kk_kmq_sub *s)
         }
     }
     kick(c);
+}
+
+void kk_kmq_sub_add_credit(struct kk_kmq_sub *s, uint32_t n)
+{
+    if (!n || !s->c->o.message_credit)
+        return;
+    s->credit = n > UINT32_MAX - s->credit ? UINT32_MAX : s->credit + n;
+    if (s->call) {
+        credit_window(s->call);
+        kick(s->c);
+    }
+}
+
+uint32_t kk_kmq_sub_outstanding(const struct kk_kmq_sub *s)
+{
+    return s->credit + s->reserved;
 }
 
 size_t kk_kmq_sub_buffered(const struct kk_kmq_sub *s)

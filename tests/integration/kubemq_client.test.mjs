@@ -153,6 +153,45 @@ test('broker restart: reconnect with backoff and resubscribe', async () => {
     assertClosed(p);
 });
 
+// Message credit (opts.message_credit): the window is moved per message, so the broker can finish at
+// most the credit, whatever the sizes: 1-byte bodies, and 100 KB bodies split over many DATA frames.
+// The probe gives 3 at first and 3 more every 600 ms; the sender has all 12 queries waiting at once.
+test('message credit: the broker completes exactly the credit, small and split messages alike', async () => {
+    const N = 12;
+    const p = probe(port, ['respond', '--channel', 'q.credit', '--count', String(N), '--credit', '3',
+        '--credit-step-ms', '600']);
+    await p.waitFor((l) => l.event === 'subscribed');
+    const sizes = [1, 100000, 10, 40000];
+    const all = Promise.all([...Array(N).keys()].map((i) => sendQuery(addr, 'q.credit', Buffer.alloc(sizes[i % 4], 0x61 + i), 15000)));
+    const rs = await all;
+    assert.equal(rs.length, N);
+    assert.equal((await p.exit()).code, 0, p.stderr);
+    const credits = p.events('credit');
+    // Before the k-th extra grant the subscription had received exactly 3k requests and held none.
+    assert.ok(credits.length >= 3, `three grants were needed: ${JSON.stringify(credits)}`);
+    credits.slice(0, 3).forEach((c, k) => {
+        assert.equal(c.got, 3 * (k + 1), `grant ${k + 1}: ${JSON.stringify(credits)}`);
+        assert.equal(c.outstanding, 0);
+    });
+    const st = broker.stats().requests['q.credit'];
+    assert.equal(st.answered, N);
+    assert.ok(st.max_inflight > 3, `the broker had more to send (${st.max_inflight})`);
+    assert.ok(st.max_flushed_inflight <= 3, `broker-side flushed in flight ${st.max_flushed_inflight} <= 3`);
+    assertClosed(p);
+});
+
+test('message credit: events are counted the same way', async () => {
+    const p = probe(port, ['events', '--channel', 'ev.credit', '--count', '5', '--credit', '2',
+        '--credit-step-ms', '500']);
+    await p.waitFor((l) => l.event === 'subscribed');
+    for (let i = 0; i < 5; i++) await publishEvent(addr, 'ev.credit', `e${i}`);
+    assert.equal((await p.exit()).code, 0, p.stderr);
+    assert.deepEqual(p.events('msg').map((m) => m.body), ['e0', 'e1', 'e2', 'e3', 'e4']);
+    const credits = p.events('credit');
+    assert.deepEqual(credits.slice(0, 2).map((c) => c.got), [2, 4], JSON.stringify(credits));
+    assertClosed(p);
+});
+
 test('events: fan-out subscription', async () => {
     const p = probe(port, ['events', '--channel', 'ev.plain', '--count', '3']);
     await p.waitFor((l) => l.event === 'subscribed');

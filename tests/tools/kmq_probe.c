@@ -12,6 +12,9 @@
  *        send-event --channel C --count N [--persist]
  *        respond --channel C --count N [--commands] [--pause-after K --pause-ms M]
  *                [--reply-delay-ms D]   (the first request is answered D ms late)
+ *   --credit K [--credit-step-ms M] (respond, events): message credit
+ *   (opts.message_credit): K messages at first, then every M ms
+ *   {"event":"credit","got":..,"outstanding":..} and K more.
  *        events --channel C --count N [--store first|last|new|seq:N] [--group G]
  *        queue --channel Q --count N [--max-items N]
  *
@@ -32,7 +35,8 @@ struct probe {
     struct kk_kmq_client *c;
     struct kk_kmq_sub *sub;
     struct kk_kmq_downstream *down;
-    uv_timer_t timeout, pause, linger, delay;
+    uv_timer_t timeout, pause, linger, delay, step;
+    long credit, credit_step_ms;
     long linger_ms;
     const char *cmd, *channel, *group, *store, *client_id;
     bool commands, store_events;
@@ -84,6 +88,7 @@ static void finish(struct probe *p, int code)
     uv_close((uv_handle_t *)&p->pause, NULL);
     uv_close((uv_handle_t *)&p->linger, NULL);
     uv_close((uv_handle_t *)&p->delay, NULL);
+    uv_close((uv_handle_t *)&p->step, NULL);
     kk_kmq_client_close(p->c, on_closed, p);
 }
 
@@ -380,6 +385,16 @@ static void on_down_response(void *user, Kubemq__QueuesDownstreamResponse *resp)
     check_done(p);
 }
 
+static void on_step(uv_timer_t *t)
+{
+    struct probe *p = t->data;
+
+    if (!p->sub)
+        return;
+    printf("{\"event\":\"credit\",\"got\":%ld,\"outstanding\":%u}\n", p->got, kk_kmq_sub_outstanding(p->sub));
+    kk_kmq_sub_add_credit(p->sub, (uint32_t)p->credit);
+}
+
 static void start_cmd(struct probe *p)
 {
     int rc = 0;
@@ -414,6 +429,11 @@ static void start_cmd(struct probe *p)
             s.subscribetypedata = KUBEMQ__SUBSCRIBE__SUBSCRIBE_TYPE__Events;
         }
         rc = kk_kmq_subscribe(p->c, &s, &cbs, p, &p->sub);
+        if (rc == 0 && p->credit > 0) {
+            kk_kmq_sub_add_credit(p->sub, (uint32_t)p->credit);
+            if (p->credit_step_ms > 0)
+                uv_timer_start(&p->step, on_step, (uint64_t)p->credit_step_ms, (uint64_t)p->credit_step_ms);
+        }
     } else if (strcmp(p->cmd, "queue") == 0) {
         struct kk_kmq_downstream_cbs cbs = {on_down_response, on_down_state};
 
@@ -481,6 +501,10 @@ int main(int argc, char **argv)
             p.pause_ms = atol(v);
         else if (OPT("--reply-delay-ms"))
             p.reply_delay_ms = atol(v);
+        else if (OPT("--credit"))
+            p.credit = atol(v), o.message_credit = true;
+        else if (OPT("--credit-step-ms"))
+            p.credit_step_ms = atol(v);
         else if (OPT("--max-items"))
             p.max_items = atol(v);
         else if (OPT("--store"))
@@ -510,7 +534,8 @@ int main(int argc, char **argv)
     uv_timer_init(&p.loop, &p.pause);
     uv_timer_init(&p.loop, &p.linger);
     uv_timer_init(&p.loop, &p.delay);
-    p.timeout.data = p.pause.data = p.linger.data = p.delay.data = &p;
+    uv_timer_init(&p.loop, &p.step);
+    p.timeout.data = p.pause.data = p.linger.data = p.delay.data = p.step.data = &p;
     uv_timer_start(&p.timeout, on_timeout, (uint64_t)timeout_ms, 0);
     rc = kk_kmq_client_new(&p.loop, &o, on_state, &p, &p.c);
     if (rc < 0) {
@@ -519,6 +544,7 @@ int main(int argc, char **argv)
         uv_close((uv_handle_t *)&p.pause, NULL);
         uv_close((uv_handle_t *)&p.linger, NULL);
         uv_close((uv_handle_t *)&p.delay, NULL);
+        uv_close((uv_handle_t *)&p.step, NULL);
         p.exit_code = 1;
     }
     uv_run(&p.loop, UV_RUN_DEFAULT);
