@@ -43,6 +43,11 @@ enum kk_target_kind {
     KK_TARGET__COUNT
 };
 
+/* Source property flow_control (query, command, events, events-store):
+ * "exact" counts the cap in messages at the broker too (message credit),
+ * "window" uses a 1 MiB HTTP/2 window (src/sources/sources.h). */
+#define KK_FLOW_CONTROL_DEFAULT "window"
+
 /* Canonical kind names: "kubemq.query", ..., "aws.kinesis", "null". */
 const char *kk_source_kind_name(enum kk_source_kind k);
 const char *kk_target_kind_name(enum kk_target_kind k);

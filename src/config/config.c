@@ -619,6 +619,27 @@ static void check_props(struct loader *L, struct pvec *p, unsigned km, const cha
     }
 }
 
+/* flow_control exact splits `concurrency` into message credit per
+ * subscription; with more subscriptions than slots some would hold none and
+ * a request routed to them would wait for a slot that never comes. */
+static void check_credit_shares(struct loader *L, const struct pvec *p, int kind, const char *what,
+                                const yaml_node_t *at)
+{
+    ssize_t f = pvec_find(p, "flow_control"), ns = pvec_find(p, "sources"), nc = pvec_find(p, "concurrency");
+    const char *fc = f >= 0 && p->v[f].value && *p->v[f].value ? p->v[f].value : KK_FLOW_CONTROL_DEFAULT;
+    int64_t n = 1, conc = 256;
+
+    if (kind == KK_SOURCE_QUEUE || strcmp(fc, "exact") != 0)
+        return;
+    if (ns >= 0 && p->v[ns].value && *p->v[ns].value && kk_parse_int64(p->v[ns].value, &n) < 0)
+        return; /* reported by check_value */
+    if (nc >= 0 && p->v[nc].value && *p->v[nc].value && kk_parse_int64(p->v[nc].value, &conc) < 0)
+        return;
+    if (n > conc)
+        ERR_N(L, at, "%s: sources (%lld) must not exceed concurrency (%lld) with flow_control exact", what,
+              (long long)n, (long long)conc);
+}
+
 /* host + port -> address; the queue source defaults to localhost:50000. */
 static void normalise_address(struct loader *L, struct pvec *p, int kind, const char *what,
                               const yaml_node_t *at)
@@ -789,8 +810,10 @@ static void load_spec(struct loader *L, const yaml_node_t *n, const yaml_node_t 
                  is_source ? kk_source_kind_name(out->kind) : kk_target_kind_name(out->kind));
         unsigned km = is_source ? 1u << out->kind : KM_KINESIS << out->kind;
         check_props(L, &p, km, what, n);
-        if (is_source)
+        if (is_source) {
             normalise_address(L, &p, out->kind, what, n);
+            check_credit_shares(L, &p, out->kind, what, n);
+        }
     }
     if (pvec_freeze(L, &p, &out->props) < 0)
         L->nomem = true;

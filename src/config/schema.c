@@ -3,6 +3,8 @@
  * own limits elsewhere (kinesis.md §0 for record and request sizes). */
 #include "schema.h"
 
+#include "kk/config.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,7 @@ const struct kk_prop_rule kk_prop_rules[] = {
     {"sources", KM_SUBS, PT_INT, 1, 1024, NULL, "1", 0},
     {"sources", KM_QUEUE, PT_INT, 1, 100, NULL, "1", 0},
     {"concurrency", KM_SOURCES, PT_INT, 1, 100000, NULL, "256", 0},
+    {"flow_control", KM_SUBS, PT_ENUM, 0, 0, "exact|window|", KK_FLOW_CONTROL_DEFAULT, 0},
     {"auto_reconnect", KM_SOURCES, PT_BOOL, 0, 0, NULL, "true", 0},
     {"reconnect_interval_seconds", KM_SOURCES, PT_INT, 0, 1000000, NULL, "0", 0},
     {"max_reconnects", KM_SOURCES, PT_INT, 0, I32MAX, NULL, "0", 0},

@@ -113,6 +113,12 @@ static int parse_opts(struct kk_src *s, const struct kk_props *p, char *err, siz
     o->n_sources = (unsigned)kk_props_int(p, "sources", 1);
     if (o->n_sources < 1)
         o->n_sources = 1;
+    const char *fc = kk_props_str(p, "flow_control", KK_FLOW_CONTROL_DEFAULT);
+    if (strcmp(fc, "exact") != 0 && strcmp(fc, "window") != 0) {
+        snprintf(err, errlen, "error parsing flow_control value, want exact or window");
+        return KK_ECONFIG;
+    }
+    o->exact_flow = strcmp(fc, "exact") == 0 && s->kind != KK_SOURCE_QUEUE;
     o->auto_reconnect = kk_props_bool(p, "auto_reconnect", true);
     o->reconnect_interval_ms = (uint32_t)(kk_props_int(p, "reconnect_interval_seconds", 0) * 1000);
     o->max_reconnects = (uint32_t)kk_props_int(p, "max_reconnects", 0);
@@ -155,6 +161,49 @@ static void resume_all(struct kk_src *s)
             kk_kmq_sub_resume(s->conns[i].sub);
 }
 
+/* flow_control exact: hands the free slots out as message credit, so that
+ * credit + announced messages + requests in flight stay within the cap
+ * (requests made through the HTTP API take slots too: then nothing is
+ * granted until they end).  With several subscriptions the one holding the
+ * least gets each unit: a subscription never idles at zero while others hold
+ * the whole cap (sources <= concurrency is checked at load). */
+static void grant_credit(struct kk_src *s)
+{
+    unsigned free_slots, live = 0, i;
+    uint64_t out = 0;
+
+    if (!s->o.exact_flow || s->stopped || s->starting)
+        return;
+    free_slots = kk_binding_free_slots(s->b);
+    for (i = 0; i < s->n_conns; i++) {
+        struct src_conn *c = &s->conns[i];
+        c->grant = 0;
+        if (!c->sub)
+            continue;
+        c->held = kk_kmq_sub_outstanding(c->sub);
+        out += c->held;
+        live++;
+    }
+    if (!live || out >= free_slots)
+        return;
+    for (uint64_t give = free_slots - out; give; give--) {
+        struct src_conn *min = NULL;
+        for (i = 0; i < s->n_conns; i++) {
+            struct src_conn *c = &s->conns[i];
+            if (c->sub && (!min || c->held + c->grant < min->held + min->grant))
+                min = c;
+        }
+        if (live == 1) { /* the common case: all of it at once */
+            min->grant = (uint32_t)give;
+            break;
+        }
+        min->grant++;
+    }
+    for (i = 0; i < s->n_conns; i++)
+        if (s->conns[i].grant)
+            kk_kmq_sub_add_credit(s->conns[i].sub, s->conns[i].grant);
+}
+
 /* After every submit: at the cap, the broker must hold the rest. */
 void kk__src_after_submit(struct kk_src *s)
 {
@@ -167,10 +216,12 @@ static void src_on_capacity(struct kk_source *base)
     struct kk_src *s = (struct kk_src *)base;
     if (s->stopped)
         return;
-    if (s->kind == KK_SOURCE_QUEUE)
+    if (s->kind == KK_SOURCE_QUEUE) {
         kk__src_queue_poll_all(s);
-    else if (kk_binding_free_slots(s->b) > 0)
+    } else if (kk_binding_free_slots(s->b) > 0) {
         resume_all(s);
+        grant_credit(s);
+    }
 }
 
 /* ---- replies and publishing ------------------------------------------------- */
@@ -311,6 +362,7 @@ static int open_intake(struct src_conn *c)
     }
     if (s->paused)
         kk_kmq_sub_pause(c->sub);
+    grant_credit(s);
     return 0;
 }
 
@@ -373,6 +425,7 @@ static int src_start(struct kk_source *base)
             .reconnect_interval_ms = s->o.reconnect_interval_ms,
             .max_reconnects = s->o.max_reconnects,
             .connect_timeout_ms = s->o.connect_timeout_ms,
+            .message_credit = s->o.exact_flow,
             .log_scope = s->bname,
         };
         int rv = kk_kmq_client_new(s->loop, &ko, client_on_state, c, &c->client);
@@ -382,9 +435,13 @@ static int src_start(struct kk_source *base)
         }
         s->open_clients++;
         /* Subscribing before READY registers the stream; the client opens it
-         * once connected.  If it refuses now, READY retries. */
+         * once connected.  If it refuses now, READY retries.  Credit goes
+         * out once all of them exist, so each gets its share. */
+        s->starting = true;
         (void)open_intake(c);
+        s->starting = false;
     }
+    grant_credit(s);
     return 0;
 }
 

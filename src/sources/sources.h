@@ -5,6 +5,16 @@
  * events-store) or one QueuesDownstream stream (queue).  All of them feed
  * the same binding, so the binding's free slots are shared: intake pauses on
  * every connection when they run out and resumes when they come back.
+ *
+ * flow_control (subscriptions; the queue kind always polls only as many
+ * messages as there are free slots):
+ *   exact  - message credit (kk_kmq_sub_add_credit): the free slots are
+ *            handed out as credit, so credit + announced messages + requests
+ *            in flight never exceed `concurrency` and the broker can never
+ *            have written more than that many unanswered messages here.
+ *   window - a 1 MiB HTTP/2 stream window and pause at the cap: fewer round
+ *            trips, but the broker may have written up to one window of
+ *            messages past the cap (they wait here, undelivered).
  */
 #ifndef KK_SOURCES_PRIV_H
 #define KK_SOURCES_PRIV_H
@@ -31,6 +41,7 @@ struct src_conn {
     bool live;                      /* subscribed / downstream open */
     int failed_err;                 /* client gave up (FAILED): its error, else 0 */
     bool closed;                    /* client close finished */
+    uint32_t held, grant;           /* grant_credit's scratch: outstanding, to add */
     /* queue */
     bool poll_outstanding;
     int32_t poll_items;             /* MaxItems of the outstanding Get */
@@ -46,6 +57,7 @@ struct src_opts {
     const char *group;
     const char *response_channel;
     unsigned n_sources;
+    bool exact_flow;                /* flow_control: exact (message credit) */
     bool auto_reconnect;
     uint32_t reconnect_interval_ms;
     uint32_t max_reconnects;
@@ -72,6 +84,7 @@ struct kk_src {
     struct src_conn *conns;
     unsigned n_conns;
     bool started, paused, stopped, closing;
+    bool starting;                  /* src_start is creating the connections */
     unsigned open_clients;          /* clients not yet closed */
     void (*close_done)(void *arg);
     void *close_arg;

@@ -564,7 +564,8 @@ describe('fault server: queue redelivery, retry, rate, concurrency', () => {
                 { retry_attempts: 3, retry_delay_milliseconds: 50 }),
             binding('e2e.rate', 'kubemq.query', { channel: 'e2e.rate' }, kinesisTarget(F.rate.endpoint), { rate_per_second: 50 }),
             binding('e2e.md', 'kubemq.query', { channel: 'e2e.md' }, kinesisTarget(kl.endpoint), { metadata: '{"stream_name":"e2e-md"}' }),
-            binding('e2e.conc', 'kubemq.query', { channel: 'e2e.conc', concurrency: 4 }, kinesisTarget(F.conc.endpoint)),
+            binding('e2e.conc', 'kubemq.query', { channel: 'e2e.conc', concurrency: 4, flow_control: 'exact' },
+                kinesisTarget(F.conc.endpoint)),
         ];
     });
     after(async () => {
@@ -643,7 +644,9 @@ describe('fault server: queue redelivery, retry, rate, concurrency', () => {
         assert.equal(Buffer.from(recs[0].Data, 'base64').toString(), 'via binding metadata');
     }));
 
-    test('concurrency 4: 40 parallel queries, 200 ms each, never more than 4 at the target', { skip }, g.wrap(async (t) => {
+    // flow_control exact: the broker's own count of requests written to the gateway and not answered
+    // (max_flushed_inflight) stays within the cap too, not only the gateway's.
+    test('concurrency 4: 40 parallel queries, 200 ms each, never more than 4 at the target or at the broker', { skip }, g.wrap(async (t) => {
         const N = 40;
         F.conc.script(Array.from({ length: N }, () => ({ slow: 200 })));
         // The gateway's own gauge, sampled while the burst runs.
@@ -672,6 +675,8 @@ describe('fault server: queue redelivery, retry, rate, concurrency', () => {
             + `gateway inflight gauge peak ${maxGauge}; last reply ${last} ms`);
         assert.equal(st.answered, N);
         assert.equal(F.conc.requests.length, N);
+        assert.ok(st.max_inflight > 4, `the broker had more to send than the cap (${st.max_inflight})`);
+        assert.ok(st.max_flushed_inflight <= 4, `broker-side in flight ${st.max_flushed_inflight} <= 4`);
         // Each target call holds its connection for 200 ms: more than 4 at once would need more sockets
         // and would finish sooner than 10 rounds of 200 ms.
         assert.ok(F.conc.maxSockets <= 4, `peak connections at the target ${F.conc.maxSockets}`);

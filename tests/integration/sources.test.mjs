@@ -190,6 +190,44 @@ test('concurrency: the source stops consuming at its cap (broker-side flushed in
     });
 });
 
+// flow_control: exact gives the broker message credit instead of a byte window, so the count the
+// broker keeps (written completely to the subscriber, not answered) never exceeds `concurrency`.  A
+// binding rate limit keeps requests in flight long enough for the broker to try to push more.  The
+// same load with flow_control: window shows the broker writing past the cap, so the measurement can
+// tell the two apart.
+async function capRun(name, props, { n = 40, big = 0 } = {}) {
+    const bigReq = request({ method: 'put_record', stream_name: 's', partition_key: 'k' }, Buffer.alloc(200 * 1024, 7));
+    await withGateway([binding(name, 'kubemq.query', { channel: name, ...props },
+        { properties: { rate_per_second: 100 } })], async () => {
+        const sends = Array.from({ length: n }, () => sendQuery(addr, name, PUT, 20000));
+        for (let i = 0; i < big; i++) sends.push(sendQuery(addr, name, bigReq, 20000));
+        for (const { json } of await Promise.all(sends)) assert.equal(json.is_error, false);
+    });
+    return { ...broker.stats().requests[name] };
+}
+
+test('concurrency: flow_control exact: the broker never has more than `concurrency` unanswered', { skip }, async (t) => {
+    const st = await capRun('cx1', { concurrency: 3, flow_control: 'exact' }, { n: 40, big: 10 });
+    t.diagnostic(`exact, concurrency 3, 40 small + 10 x 200 KiB parallel queries -> ${JSON.stringify(st)}`);
+    assert.equal(st.answered, 50);
+    assert.equal(st.timeouts, 0);
+    assert.ok(st.max_inflight > 3, `the broker had more to send than the cap (${st.max_inflight})`);
+    assert.ok(st.max_flushed_inflight <= 3, `broker-side in flight ${st.max_flushed_inflight} <= 3`);
+    assert.ok(st.max_flushed_inflight >= 2, `the cap was used (${st.max_flushed_inflight})`);
+
+    const st2 = await capRun('cx2', { concurrency: 4, sources: 2, flow_control: 'exact' }, { n: 40 });
+    t.diagnostic(`exact, concurrency 4, sources 2, 40 parallel queries -> ${JSON.stringify(st2)}`);
+    assert.equal(st2.answered, 40);
+    assert.ok(st2.max_flushed_inflight <= 4, `broker-side in flight ${st2.max_flushed_inflight} <= 4`);
+    const per = Object.entries(broker.stats().clients).filter(([id]) => id.startsWith('gw-cx2'));
+    assert.ok(per.length === 2 && per.every(([, c]) => c.requests > 0), `both subscriptions served: ${JSON.stringify(per)}`);
+
+    const sw = await capRun('cw1', { concurrency: 3, flow_control: 'window' }, { n: 40 });
+    t.diagnostic(`window, concurrency 3, 40 parallel queries -> ${JSON.stringify(sw)}`);
+    assert.equal(sw.answered, 40);
+    assert.ok(sw.max_flushed_inflight > 3, `a byte window lets the broker write past the cap (${sw.max_flushed_inflight})`);
+});
+
 test('groups: two gateways in one group share 40 queries', { skip }, async () => {
     const mk = (n) => [binding('gq', 'kubemq.query', { channel: 'gq', group: 'g', client_id: `gw-g${n}` })];
     const g1 = await startGateway({ config: config(await freePort(), mk(1)) });
@@ -241,10 +279,17 @@ test('reconnect: queries work again within 10 s after broker stop/start', { skip
     const bp = await brokerProcess([]);
     const a = bp.address;
     try {
+        // rqx: message credit (flow_control exact) must outlive the connection: its unused credit opens
+        // the new stream's window.
         const b = [{ name: 'rq', source: { kind: 'kubemq.query', properties: { address: a, channel: 'rq', client_id: 'gw-r' } },
-            target: { kind: 'null' } }];
+            target: { kind: 'null' } },
+        { name: 'rqx', source: { kind: 'kubemq.query', properties: { address: a, channel: 'rqx', client_id: 'gw-rx', concurrency: 2,
+            flow_control: 'exact' } }, target: { kind: 'null' } }];
         await withGateway(b, async () => {
             assert.equal((await sendQuery(a, 'rq', PUT, 3000)).json.is_error, false);
+            for (const r of await Promise.all(Array.from({ length: 5 }, () => sendQuery(a, 'rqx', PUT, 3000)))) {
+                assert.equal(r.json.is_error, false);
+            }
             await bp.control('stop');
             await sleep(300);
             await bp.control('start');
@@ -258,6 +303,10 @@ test('reconnect: queries work again within 10 s after broker stop/start', { skip
             }, 10000, 100);
             assert.ok(ok, 'answered again within 10 s');
             t.diagnostic(`recovered after ${Date.now() - t0} ms`);
+            assert.ok(await until(() => bp.stats().then((st) => st.subscribers.rqx === 1), 5000, 100),
+                'rqx resubscribed');
+            const rx = await Promise.all(Array.from({ length: 5 }, () => sendQuery(a, 'rqx', PUT, 3000)));
+            for (const r of rx) assert.equal(r.json.is_error, false);
         });
     } finally {
         await bp.stop();

@@ -673,6 +673,48 @@ static void test_start_from_values(void **state)
     }
 }
 
+/* flow_control: exact and window load; anything else, and exact with more
+ * subscriptions than slots (some would hold no credit), are errors. */
+static void test_flow_control(void **state)
+{
+    (void)state;
+    static const char fmt[] = "bindings:\n  - name: a\n    source: {kind: %s, properties: {address: 'h:1', "
+                              "channel: c, %s}}\n    target: {kind: null}\n";
+    static const struct {
+        const char *kind, *props, *err; /* err NULL: loads */
+    } cases[] = {
+        {"kubemq.query", "flow_control: exact", NULL},
+        {"kubemq.command", "flow_control: window, sources: 9, concurrency: 2", NULL},
+        {"kubemq.events", "flow_control: exact, sources: 4, concurrency: 4", NULL},
+        {"kubemq.events-store", "flow_control: exact", NULL},
+        {"kubemq.query", "flow_control: bytes", "property flow_control: invalid value \"bytes\""},
+        {"kubemq.query", "flow_control: exact, sources: 3, concurrency: 2",
+         "source kubemq.query: sources (3) must not exceed concurrency (2) with flow_control exact"},
+        {"kubemq.queue", "flow_control: exact", "unknown property flow_control"}, /* a warning only */
+    };
+    char text[512];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(text, sizeof(text), fmt, cases[i].kind, cases[i].props);
+        if (!cases[i].err || strncmp(cases[i].err, "unknown", 7) == 0) {
+            struct kk_config *cfg = NULL;
+            struct kk_diag d;
+            assert_int_equal(kk_config_load_string(text, strlen(text), "t.yaml", &cfg, &d), 0);
+            if (cases[i].err) {
+                assert_int_equal(d.n_warnings, 1);
+                assert_non_null(strstr(d.warnings[0], cases[i].err));
+            }
+            kk_diag_free(&d);
+            kk_config_free(cfg);
+            continue;
+        }
+        struct kk_diag d = load_bad(text);
+        assert_int_equal(d.n_errors, 1);
+        if (!strstr(d.errors[0], cases[i].err))
+            fail_msg("case %zu: %s", i, d.errors[0]);
+        kk_diag_free(&d);
+    }
+}
+
 /* Mutated configs (deterministic): every load either succeeds or explains
  * itself, and never touches memory it should not (run under ASan too). */
 static void test_mutations(void **state)
@@ -747,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_hash),
         cmocka_unit_test(test_config_env),
         cmocka_unit_test(test_start_from_values),
+        cmocka_unit_test(test_flow_control),
         cmocka_unit_test(test_mutations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
