@@ -143,8 +143,9 @@ void kk_kmq_sub_resume(struct kk_kmq_sub *s);
  * messages.  A message takes its unit when its gRPC prefix arrives and
  * counts as outstanding until on_message has it; credit and reserved
  * messages outlive a lost stream (the broker resends nothing of it, so the
- * reservations return as credit).  Pause still holds delivery; it does not
- * move the window. */
+ * reservations return as credit).  Pause holds delivery and freezes the
+ * window (held bytes stay within one message + 5 x credit); resume moves
+ * it on. */
 void kk_kmq_sub_add_credit(struct kk_kmq_sub *s, uint32_t n);
 /* Credit not used yet plus messages announced and not delivered: what the
  * broker may still complete beyond what on_message has seen. */

@@ -847,7 +847,9 @@ static void credit_window(struct call *call)
     struct kk_kmq_sub *s = call->sub;
     uint64_t start, end, inc;
 
-    if (!s || !call->opened || call->canceled || !call->conn->h2)
+    /* Paused: nothing is delivered, so granting the bodies of announced
+     * messages would let credit x message size pile up here. */
+    if (!s || s->paused || !call->opened || call->canceled || !call->conn->h2)
         return;
     start = call->rx < call->body_end ? call->body_end : call->rx - call->pfx_have;
     end = start + (uint64_t)KK_GRPC_HDR_LEN * s->credit;
@@ -1831,7 +1833,9 @@ void kk_kmq_sub_resume(struct kk_kmq_sub *s)
     if (s->call) {
         struct call *call = s->call;
 
-        /* Held bytes are acknowledged as the drain delivers them (sub_credit). */
+        /* Held bytes are acknowledged as the drain delivers them (sub_credit);
+         * under message credit the window frozen by the pause moves on. */
+        credit_window(call);
         if (kk_grpc_dec_pending(&call->dec)) {
             s->needs_drain = true;
             c->drain_pending = true;

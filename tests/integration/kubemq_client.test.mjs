@@ -180,6 +180,24 @@ test('message credit: the broker completes exactly the credit, small and split m
     assertClosed(p);
 });
 
+// Paused under message credit: the window freezes, so what the gateway holds stays within one message
+// + 5 x credit (the decoder's bound), not credit x message size.  20 x 200 KB with credit 20 would be 4 MB.
+test('message credit: a paused subscription holds at most one message + 5 x credit', async () => {
+    const N = 20;
+    const p = probe(port, ['respond', '--channel', 'q.pcredit', '--count', String(N), '--max-message', '300000',
+        '--credit', String(N), '--pause-after', '1', '--pause-ms', '1500']);
+    await p.waitFor((l) => l.event === 'subscribed');
+    const all = Promise.all([...Array(N).keys()].map(() => sendQuery(addr, 'q.pcredit', Buffer.alloc(200000, 0x61), 15000)));
+    const resume = await p.waitFor((l) => l.event === 'resume', 5000);
+    assert.ok(resume.buffered <= 200000 + 64 + 5 * N, `held ${resume.buffered} bytes while paused`);
+    const rs = await all;
+    assert.equal(rs.length, N);
+    assert.equal((await p.exit()).code, 0, p.stderr);
+    assert.equal(p.events('request').length, N);
+    assert.equal(broker.stats().requests['q.pcredit'].answered, N);
+    assertClosed(p);
+});
+
 test('message credit: events are counted the same way', async () => {
     const p = probe(port, ['events', '--channel', 'ev.credit', '--count', '5', '--credit', '2',
         '--credit-step-ms', '500']);
