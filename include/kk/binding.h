@@ -61,8 +61,9 @@ uv_loop_t *kk_binding_loop(const struct kk_binding *b);
 
 /* ---- sources --------------------------------------------------------------
  * The binding calls the source through this table.  The source calls
- * kk_binding_submit for each message while free slots > 0 and pauses its
- * intake at 0; the binding calls on_capacity whenever slots free up. */
+ * kk_binding_submit for each message while free slots > 0; the binding
+ * calls on_full when a submit (the source's or an HTTP API request) takes
+ * the last slot, and on_capacity whenever slots free up. */
 struct kk_source_vtbl {
     const char *kind;
     /* Begin subscribing / polling. Failures are retried by the source itself. */
@@ -71,6 +72,9 @@ struct kk_source_vtbl {
      * replies still go out.  Idempotent. */
     void (*stop_intake)(struct kk_source *s);
     void (*on_capacity)(struct kk_source *s);
+    /* No free slot left: pause intake.  Runs inside kk_binding_submit, so
+     * it must only set state (never submit or reply). */
+    void (*on_full)(struct kk_source *s);
     /* true when every subscription is live. */
     bool (*ready)(struct kk_source *s, const char **why);
     /* Prometheus lines of the source's own (e.g. broker reconnects). */

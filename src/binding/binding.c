@@ -737,6 +737,8 @@ int kk_binding_submit(struct kk_binding *b, const char *body, size_t len, uint64
     b->live_head = r;
     b->live++;
     r->state = REQ_RECEIVED;
+    if (b->live >= b->concurrency && b->source && b->source->vt->on_full)
+        b->source->vt->on_full(b->source); /* before the source delivers another */
     KK_DEBUG(b->cfg->name, "request %" PRIu64 ": -> RECEIVED (%zu bytes)", r->id, len);
     b->in_submit++;
     req_run(r);

@@ -27,6 +27,4 @@ void kk__src_events_on_message(void *user, void *msg)
         KK_ERROR(s->bname, "event %s dropped: %s", ev->eventid ? ev->eventid : "", kk_strerror(rv));
     }
     kk_kmq_free(ev);
-    if (rv == 0)
-        kk__src_after_submit(s);
 }

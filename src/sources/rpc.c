@@ -123,8 +123,9 @@ void kk__src_rpc_on_message(void *user, void *msg)
     int rv = kk_binding_submit(s->b, (const char *)req->body.data, req->body.len, deadline, on_reply, rc);
     kk_kmq_free(req);
     if (rv != 0) {
-        /* Only reachable if the broker sent past our window or while draining:
-         * answer at once so the sender is not left waiting for its timeout. */
+        /* Only while draining (or out of memory): a full binding pauses the
+         * subscription (on_full) before another message is delivered.
+         * Answer at once so the sender is not left waiting for its timeout. */
         struct kk_outcome o = {.is_error = true};
         char json[160];
         o.error = rv == KK_ESHUTDOWN ? "gateway is shutting down" : "gateway at its concurrency limit";
@@ -135,7 +136,5 @@ void kk__src_rpc_on_message(void *user, void *msg)
         s->dropped++;
         send_reply(c, rc->request_id, rc->reply_channel, &o);
         ctx_put(s, rc);
-        return;
     }
-    kk__src_after_submit(s);
 }

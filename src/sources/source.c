@@ -163,14 +163,16 @@ static void resume_all(struct kk_src *s)
 
 /* flow_control exact: hands the free slots out as message credit, so that
  * credit + announced messages + requests in flight stay within the cap
- * (requests made through the HTTP API take slots too: then nothing is
- * granted until they end).  With several subscriptions the one holding the
- * least gets each unit: a subscription never idles at zero while others hold
- * the whole cap (sources <= concurrency is checked at load). */
+ * (requests made through the HTTP API take slots too: then less is
+ * granted).  The free slots are water-filled: the subscriptions holding
+ * least are raised to one level, so none idles at zero while others hold the
+ * whole cap (sources <= concurrency is checked at load).  A connection that
+ * gave up (FAILED, final) neither counts nor gets any; one that is
+ * reconnecting keeps its share for the new stream. */
 static void grant_credit(struct kk_src *s)
 {
     unsigned free_slots, live = 0, i;
-    uint64_t out = 0;
+    uint64_t out = 0, give, lo = UINT64_MAX, hi, sum;
 
     if (!s->o.exact_flow || s->stopped || s->starting)
         return;
@@ -178,36 +180,60 @@ static void grant_credit(struct kk_src *s)
     for (i = 0; i < s->n_conns; i++) {
         struct src_conn *c = &s->conns[i];
         c->grant = 0;
-        if (!c->sub)
+        if (!c->sub || c->failed_err)
             continue;
         c->held = kk_kmq_sub_outstanding(c->sub);
         out += c->held;
+        if (c->held < lo)
+            lo = c->held;
         live++;
     }
     if (!live || out >= free_slots)
         return;
-    for (uint64_t give = free_slots - out; give; give--) {
-        struct src_conn *min = NULL;
+    give = free_slots - out;
+    /* The highest level T with sum(max(0, T - held)) <= give, in [lo, lo + give]. */
+    hi = lo + give;
+    while (lo < hi) {
+        uint64_t t = lo + (hi - lo + 1) / 2;
+        sum = 0;
         for (i = 0; i < s->n_conns; i++) {
             struct src_conn *c = &s->conns[i];
-            if (c->sub && (!min || c->held + c->grant < min->held + min->grant))
-                min = c;
+            if (c->sub && !c->failed_err && c->held < t)
+                sum += t - c->held;
         }
-        if (live == 1) { /* the common case: all of it at once */
-            min->grant = (uint32_t)give;
-            break;
+        if (sum <= give)
+            lo = t;
+        else
+            hi = t - 1;
+    }
+    for (i = 0; i < s->n_conns; i++) {
+        struct src_conn *c = &s->conns[i];
+        if (c->sub && !c->failed_err && c->held < lo) {
+            c->grant = (uint32_t)(lo - c->held);
+            give -= c->grant;
         }
-        min->grant++;
+    }
+    /* What is left (fewer than the subscriptions at the level) goes one
+     * each, starting where the last grant stopped. */
+    for (unsigned k = 0; k < s->n_conns && give; k++) {
+        struct src_conn *c = &s->conns[(s->grant_next + k) % s->n_conns];
+        if (c->sub && !c->failed_err && c->held + c->grant == lo) {
+            c->grant++;
+            give--;
+            s->grant_next = (unsigned)(c - s->conns + 1) % s->n_conns;
+        }
     }
     for (i = 0; i < s->n_conns; i++)
         if (s->conns[i].grant)
             kk_kmq_sub_add_credit(s->conns[i].sub, s->conns[i].grant);
 }
 
-/* After every submit: at the cap, the broker must hold the rest. */
-void kk__src_after_submit(struct kk_src *s)
+/* The last slot was taken (by this source or an HTTP API request): the
+ * broker must hold the rest. */
+static void src_on_full(struct kk_source *base)
 {
-    if (kk_binding_free_slots(s->b) == 0)
+    struct kk_src *s = (struct kk_src *)base;
+    if (s->kind != KK_SOURCE_QUEUE) /* the queue polls for free slots only */
         pause_all(s);
 }
 
@@ -386,6 +412,7 @@ static void client_on_state(void *user, enum kk_kmq_state st, int err)
         c->live = false;
         c->failed_err = err ? err : KK_ECLOSED;
         KK_ERROR(s->bname, "kubemq connection %u failed: %s", c->index, kk_strerror(err));
+        grant_credit(s); /* its share goes to the others */
         break;
     case KK_KMQ_CONNECTING:
         break;
@@ -583,6 +610,7 @@ static const struct kk_source_vtbl src_vtbl = {
     .start = src_start,
     .stop_intake = src_stop_intake,
     .on_capacity = src_on_capacity,
+    .on_full = src_on_full,
     .ready = src_ready,
     .metrics = src_metrics,
     .close = src_close,

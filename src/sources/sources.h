@@ -85,6 +85,7 @@ struct kk_src {
     unsigned n_conns;
     bool started, paused, stopped, closing;
     bool starting;                  /* src_start is creating the connections */
+    unsigned grant_next;            /* grant_credit: where the remainder starts */
     unsigned open_clients;          /* clients not yet closed */
     void (*close_done)(void *arg);
     void *close_arg;
@@ -115,7 +116,6 @@ void kk__src_queue_poll_all(struct kk_src *s);
 void kk__src_queue_stop(struct kk_src *s);
 
 /* Shared helpers, in source.c. */
-void kk__src_after_submit(struct kk_src *s);
 void kk__src_publish(struct src_conn *c, const char *body, size_t len);
 void kk__src_unary_done(void *arg, int status, int grpc_status, const char *grpc_message, void *reply);
 

@@ -228,6 +228,28 @@ test('concurrency: flow_control exact: the broker never has more than `concurren
     assert.ok(sw.max_flushed_inflight > 3, `a byte window lets the broker write past the cap (${sw.max_flushed_inflight})`);
 });
 
+// Requests made through the HTTP API take the binding's slots too: when one takes the last slot the
+// subscription pauses, so a query arriving meanwhile waits for a slot instead of getting "gateway at its
+// concurrency limit".  Both flow_control modes.
+test('concurrency: HTTP API requests filling the cap make queries wait, not fail', { skip }, async (t) => {
+    for (const fc of ['exact', 'window']) {
+        const name = `capi-${fc}`;
+        await withGateway([binding(name, 'kubemq.query', { channel: name, concurrency: 2, flow_control: fc },
+            { properties: { rate_per_second: 4 } })], async (gw) => {
+            const payload = { metadata: { method: 'put_record' }, data: Buffer.from('x').toString('base64') };
+            const api = [0, 1, 2].map(() => gw.post('/bindings/request', { binding: name, payload }));
+            await sleep(100);
+            const qs = await Promise.all([0, 1, 2].map(() => sendQuery(addr, name, PUT, 10000)));
+            for (const q of qs) assert.equal(q.json.is_error, false, `${fc}: ${JSON.stringify(q.json)}`);
+            for (const r of await Promise.all(api)) assert.equal(r.status, 200);
+            const st = broker.stats().requests[name];
+            t.diagnostic(`${fc}: ${JSON.stringify(st)}`);
+            assert.equal(st.answered, 3);
+            if (fc === 'exact') assert.ok(st.max_flushed_inflight <= 2, `broker-side ${st.max_flushed_inflight} <= 2`);
+        });
+    }
+});
+
 test('groups: two gateways in one group share 40 queries', { skip }, async () => {
     const mk = (n) => [binding('gq', 'kubemq.query', { channel: 'gq', group: 'g', client_id: `gw-g${n}` })];
     const g1 = await startGateway({ config: config(await freePort(), mk(1)) });
