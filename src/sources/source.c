@@ -191,6 +191,12 @@ static void grant_credit(struct kk_src *s)
     if (!live || out >= free_slots)
         return;
     give = free_slots - out;
+    if (live == 1) { /* the common case: all of it to the one subscription */
+        for (i = 0; i < s->n_conns; i++)
+            if (s->conns[i].sub && !s->conns[i].failed_err)
+                kk_kmq_sub_add_credit(s->conns[i].sub, (uint32_t)give);
+        return;
+    }
     /* The highest level T with sum(max(0, T - held)) <= give, in [lo, lo + give]. */
     hi = lo + give;
     while (lo < hi) {
